@@ -1,0 +1,60 @@
+"""`mqtt-harness` entry point: a thin dispatcher; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> module that provides add_parser(subparsers); imported lazily so `pub` stays fast.
+COMMANDS = {
+    "pub": "harness.cli_client",
+    "sub": "harness.cli_client",
+    "brokers": "harness.cli_brokers",
+    "certs": "harness.cli_brokers",
+}
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 1 (or .code)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mqtt-harness", description="MQTT conformance test harness")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    seen = set()
+    for module_name in dict.fromkeys(COMMANDS.values()):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a command group not built yet must not break the others
+            if exc.name != module_name:
+                raise
+            continue
+        if module_name not in seen:
+            module.add_parser(sub)
+            seen.add(module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"mqtt-harness {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"mqtt-harness {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
