@@ -21,7 +21,12 @@ class ProtocolError(HarnessError):
         self.statement = statement
         self.data = bytes(data)
         self.reason_code = reason_code  # v5: 0x81 Malformed Packet or 0x82 Protocol Error
-        text = f"[{statement}] {message}" if statement else message
+        if not statement:
+            text = message
+        elif statement.startswith("MQTT-"):
+            text = f"[{statement}] {message}"
+        else:  # a spec section: the rule has no tagged statement
+            text = f"{message} (spec {statement})"
         if data:
             shown = self.data[:64].hex(" ")
             text += f" (bytes: {shown}{' …' if len(self.data) > 64 else ''})"

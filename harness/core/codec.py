@@ -1,0 +1,782 @@
+"""MQTT wire codec: packets to bytes and a strict streaming decoder from bytes to packets.
+
+encode() writes valid packets by default; keyword overrides (flags, remaining_length,
+raw_properties, raw_body) let a test put a malformed packet on the wire. The Decoder accepts
+bytes in chunks of any size and raises ProtocolError naming the statement a packet breaks.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from harness.core import properties as P
+from harness.core.packets import (
+    MQTT_3_1, MQTT_3_1_1, MQTT_5, Auth, Connack, Connect, Disconnect, Pingreq, Pingresp, Puback,
+    Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Subscription, Unsuback, Unsubscribe, Will,
+)
+from harness.core.reason_codes import ALLOWED as ALLOWED_REASONS
+from harness.core.reason_codes import reason_name
+from harness.core.statements import ref
+from harness.errors import ProtocolError
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_pack_u16 = _U16.pack
+_unpack_u16 = _U16.unpack_from
+
+# Fixed-header flags that are not free (PUBLISH's are): §2.2.2 (3.1.1) / §2.1.3 (5).
+_FIXED_FLAGS = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0, 15: 0}
+_ACK_CLASSES = {4: Puback, 5: Pubrec, 6: Pubrel, 7: Pubcomp}
+_SUBACK_311 = frozenset({0, 1, 2, 0x80})
+_PROTOCOL_NAMES = {MQTT_3_1: "MQIsdp", MQTT_3_1_1: "MQTT", MQTT_5: "MQTT"}
+
+
+# ----------------------------------------------------------------------------------- encoding
+
+def encode_vbi(value: int) -> bytes:
+    """Variable Byte Integer, minimal form (§1.5.5). Values above 268,435,455 are allowed so that
+    tests can produce over-long encodings."""
+    if value < 128:
+        return bytes((value,))
+    out = bytearray()
+    while True:
+        digit = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(digit | 0x80)
+        else:
+            out.append(digit)
+            return bytes(out)
+
+
+def _text(value) -> bytes:
+    raw = value if isinstance(value, (bytes, bytearray)) else value.encode("utf-8", "surrogatepass")
+    return _pack_u16(len(raw)) + raw
+
+
+def _binary(value: bytes) -> bytes:
+    return _pack_u16(len(value)) + bytes(value)
+
+
+def encode_properties(props: dict, raw: bytes | None = None) -> bytes:
+    """A v5 property block: length VBI + properties. `raw` replaces the content verbatim."""
+    if raw is not None:
+        return encode_vbi(len(raw)) + raw
+    if not props:
+        return b"\x00"
+    out = bytearray()
+    for name, value in props.items():
+        d = P.BY_NAME.get(name)
+        if d is None:
+            raise ValueError(f"unknown MQTT 5 property {name!r}; known: {', '.join(sorted(P.BY_NAME))}")
+        for v in (value if d.multiple else (value,)):
+            out += encode_vbi(d.ident)
+            k = d.kind
+            if k == P.BYTE:
+                out.append(v)
+            elif k == P.TWO:
+                out += _pack_u16(v)
+            elif k == P.FOUR:
+                out += _U32.pack(v)
+            elif k == P.VBI:
+                out += encode_vbi(v)
+            elif k == P.UTF8:
+                out += _text(v)
+            elif k == P.BINARY:
+                out += _binary(v)
+            else:  # PAIR
+                out += _text(v[0]) + _text(v[1])
+    return encode_vbi(len(out)) + bytes(out)
+
+
+def encode(packet, version: int = MQTT_3_1_1, *, flags: int | None = None,
+           remaining_length: int | bytes | None = None, raw_properties: bytes | None = None,
+           raw_body: bytes | None = None) -> bytes:
+    """Encode a packet. `version` is the protocol level (3, 4 or 5); CONNECT uses its own.
+
+    Overrides for malformed packets: `flags` replaces the fixed-header low nibble,
+    `remaining_length` replaces the computed length (an int, or raw VBI bytes), `raw_properties`
+    replaces the v5 property content, `raw_body` replaces everything after the fixed header.
+    """
+    t = packet.TYPE
+    if t == 3 and flags is None and remaining_length is None and raw_body is None and raw_properties is None:
+        return _encode_publish(packet, version)
+    body, default_flags = _BODY[t](packet, version, raw_properties) if raw_body is None else (raw_body, None)
+    if default_flags is None:
+        default_flags = _publish_flags(packet) if t == 3 else _FIXED_FLAGS[t]
+    first = (t << 4) | (default_flags if flags is None else flags & 0x0F)
+    if remaining_length is None:
+        length = encode_vbi(len(body))
+    elif isinstance(remaining_length, (bytes, bytearray)):
+        length = bytes(remaining_length)
+    else:
+        length = encode_vbi(remaining_length)
+    return bytes((first,)) + length + body
+
+
+def _publish_flags(p: Publish) -> int:
+    return (p.dup << 3) | ((p.qos & 3) << 1) | bool(p.retain)
+
+
+def _encode_publish(p: Publish, version: int) -> bytes:
+    topic = p.topic
+    raw_topic = topic if isinstance(topic, (bytes, bytearray)) else topic.encode("utf-8", "surrogatepass")
+    head = _pack_u16(len(raw_topic)) + raw_topic
+    if p.qos or p.packet_id is not None:
+        head += _pack_u16(p.packet_id or 0)
+    if version >= MQTT_5:
+        head += encode_properties(p.properties)
+    n = len(head) + len(p.payload)
+    first = 0x30 | (p.dup << 3) | ((p.qos & 3) << 1) | bool(p.retain)
+    if n < 128:
+        return bytes((first, n)) + head + p.payload
+    return bytes((first,)) + encode_vbi(n) + head + p.payload
+
+
+def _props(version, props, raw):
+    return encode_properties(props, raw) if version >= MQTT_5 else b""
+
+
+def _body_connect(p: Connect, _version, raw_props):
+    level = p.protocol_level
+    name = p.protocol_name if p.protocol_name is not None else _PROTOCOL_NAMES.get(level, "MQTT")
+    will = p.will
+    will_flag = (will is not None) if p.will_flag is None else p.will_flag
+    user_flag = (p.username is not None) if p.username_flag is None else p.username_flag
+    pass_flag = (p.password is not None) if p.password_flag is None else p.password_flag
+    cflags = (user_flag << 7) | (pass_flag << 6) | bool(p.reserved)
+    if will is not None:
+        cflags |= (bool(will.retain) << 5) | ((will.qos & 3) << 3)
+    cflags |= will_flag << 2
+    cflags |= bool(p.clean) << 1
+    out = bytearray(_text(name))
+    out.append(level & 0xFF)
+    out.append(cflags)
+    out += _pack_u16(p.keepalive & 0xFFFF)
+    out += _props(level, p.properties, raw_props)
+    out += _text(p.client_id)
+    if will is not None:
+        if level >= MQTT_5:
+            out += encode_properties(will.properties)
+        out += _text(will.topic) + _binary(will.payload)
+    if p.username is not None:
+        out += _text(p.username)
+    if p.password is not None:
+        out += _binary(p.password)
+    return bytes(out), None
+
+
+def _body_connack(p: Connack, version, raw_props):
+    flags = (p.reserved_flags & 0xFE) | bool(p.session_present)
+    return bytes((flags, p.reason_code)) + _props(version, p.properties, raw_props), None
+
+
+def _body_publish(p: Publish, version, raw_props):
+    out = _text(p.topic)
+    if p.qos or p.packet_id is not None:
+        out += _pack_u16(p.packet_id or 0)
+    return out + _props(version, p.properties, raw_props) + p.payload, None
+
+
+def _body_ack(p, version, raw_props):
+    out = _pack_u16(p.packet_id)
+    if version >= MQTT_5 and (p.reason_code or p.properties or raw_props is not None):
+        out += bytes((p.reason_code,))
+        if p.properties or raw_props is not None:
+            out += encode_properties(p.properties, raw_props)
+    return out, None
+
+
+def _subscription_options(s: Subscription, version) -> int:
+    opts = (s.qos & 3) | (s.reserved & 0xFF)
+    if version >= MQTT_5:
+        opts |= (bool(s.no_local) << 2) | (bool(s.retain_as_published) << 3) | ((s.retain_handling & 3) << 4)
+    return opts & 0xFF
+
+
+def _body_subscribe(p: Subscribe, version, raw_props):
+    out = bytearray(_pack_u16(p.packet_id))
+    out += _props(version, p.properties, raw_props)
+    for s in p.subscriptions:
+        out += _text(s.topic_filter)
+        out.append(_subscription_options(s, version))
+    return bytes(out), None
+
+
+def _body_suback(p: Suback, version, raw_props):
+    return _pack_u16(p.packet_id) + _props(version, p.properties, raw_props) + bytes(p.reason_codes), None
+
+
+def _body_unsubscribe(p: Unsubscribe, version, raw_props):
+    out = bytearray(_pack_u16(p.packet_id))
+    out += _props(version, p.properties, raw_props)
+    for f in p.topic_filters:
+        out += _text(f)
+    return bytes(out), None
+
+
+def _body_unsuback(p: Unsuback, version, raw_props):
+    if version < MQTT_5:
+        return _pack_u16(p.packet_id), None
+    return _pack_u16(p.packet_id) + encode_properties(p.properties, raw_props) + bytes(p.reason_codes), None
+
+
+def _body_empty(_p, _version, _raw):
+    return b"", None
+
+
+def _body_reason(p, version, raw_props):
+    if version < MQTT_5 or (not p.reason_code and not p.properties and raw_props is None):
+        return b"", None
+    out = bytes((p.reason_code,))
+    if p.properties or raw_props is not None:
+        out += encode_properties(p.properties, raw_props)
+    return out, None
+
+
+_BODY = {
+    1: _body_connect, 2: _body_connack, 3: _body_publish, 4: _body_ack, 5: _body_ack, 6: _body_ack,
+    7: _body_ack, 8: _body_subscribe, 9: _body_suback, 10: _body_unsubscribe, 11: _body_unsuback,
+    12: _body_empty, 13: _body_empty, 14: _body_reason, 15: _body_reason,
+}
+
+
+# ----------------------------------------------------------------------------------- decoding
+
+class _Reader:
+    """Cursor over one packet's variable header and payload."""
+
+    __slots__ = ("data", "pos", "version", "raw")
+
+    def __init__(self, data: bytes, version: int, raw: bytes):
+        self.data = data
+        self.pos = 0
+        self.version = version
+        self.raw = raw  # the whole packet, for error messages
+
+    def fail(self, check: str, message: str, reason_code: int = 0x81):
+        raise ProtocolError(message, ref(check, self.version), self.raw, reason_code)
+
+    def need(self, n: int, what: str):
+        if self.pos + n > len(self.data):
+            self.fail("length_mismatch",
+                      f"packet ends inside {what}: needs {n} more byte(s) at offset {self.pos}, "
+                      f"remaining length is {len(self.data)}")
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def u8(self, what: str) -> int:
+        self.need(1, what)
+        v = self.data[self.pos]
+        self.pos += 1
+        return v
+
+    def u16(self, what: str) -> int:
+        self.need(2, what)
+        (v,) = _unpack_u16(self.data, self.pos)
+        self.pos += 2
+        return v
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        (v,) = _U32.unpack_from(self.data, self.pos)
+        self.pos += 4
+        return v
+
+    def vbi(self, what: str) -> int:
+        value, self.pos = _decode_vbi(self.data, self.pos, self.version, self.raw, what)
+        return value
+
+    def binary(self, what: str) -> bytes:
+        n = self.u16(what + " length")
+        self.need(n, what)
+        v = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return bytes(v)
+
+    def text(self, what: str) -> str:
+        return check_utf8(self.binary(what), what, self.version, self.raw)
+
+    def done(self, what: str):
+        if self.pos != len(self.data):
+            self.fail("length_mismatch",
+                      f"{self.remaining()} unexpected byte(s) after the {what} at offset {self.pos}")
+
+
+def check_utf8(raw: bytes, what: str, version: int, packet: bytes = b"") -> str:
+    """Decode an MQTT UTF-8 string strictly: well-formed, no surrogates, no U+0000 (§1.5.3/§1.5.4)."""
+    try:
+        s = raw.decode("utf-8")  # Python's codec rejects encoded surrogates and overlongs
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{what} is not well-formed UTF-8 ({exc.reason} at byte {exc.start})",
+                            ref("utf8_ill_formed", version), packet or raw) from None
+    if "\x00" in s:
+        raise ProtocolError(f"{what} contains U+0000", ref("utf8_null", version), packet or raw)
+    return s
+
+
+def _decode_vbi(data, pos: int, version: int, raw: bytes, what: str) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    start = pos
+    for i in range(4):
+        if pos >= len(data):
+            raise ProtocolError(f"packet ends inside the {what} Variable Byte Integer",
+                                ref("length_mismatch", version), raw)
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            if i and b == 0:
+                raise ProtocolError(f"{what} is not minimally encoded ({i + 1} bytes for {value})",
+                                    ref("vbi_not_minimal", version), bytes(data[start:pos]))
+            return value, pos
+        shift += 7
+    raise ProtocolError(f"{what} Variable Byte Integer is longer than 4 bytes",
+                        ref("vbi_too_long", version), bytes(data[start:pos + 1]))
+
+
+def decode_properties(r: _Reader, carrier: int) -> dict:
+    """Read a v5 property block, enforcing type, carrier and uniqueness."""
+    length = r.vbi("property length")
+    r.need(length, "properties")
+    end = r.pos + length
+    props: dict = {}
+    where = "Will Properties" if carrier == P.WILL else _NAMES[carrier]
+    while r.pos < end:
+        ident = r.vbi("property identifier")
+        d = P.BY_ID.get(ident)
+        if d is None:
+            r.fail("property_unknown", f"unknown property identifier 0x{ident:02X} in {where}")
+        if carrier not in d.carriers:
+            r.fail("property_not_allowed", f"property {d.name} (0x{ident:02X}) is not allowed in {where}")
+        k = d.kind
+        if k == P.BYTE:
+            v = r.u8(d.name)
+        elif k == P.TWO:
+            v = r.u16(d.name)
+        elif k == P.FOUR:
+            v = r.u32(d.name)
+        elif k == P.VBI:
+            v = r.vbi(d.name)
+        elif k == P.UTF8:
+            v = r.text(d.name)
+        elif k == P.BINARY:
+            v = r.binary(d.name)
+        else:
+            v = (r.text(d.name + " key"), r.text(d.name + " value"))
+        if r.pos > end:
+            r.fail("length_mismatch", f"property {d.name} runs past the property length ({length})")
+        repeatable = d.name == "user_property" or (d.name == "subscription_identifier" and carrier == P.PUBLISH)
+        if d.multiple:
+            if d.name in props and not repeatable:
+                r.fail("property_duplicate", f"property {d.name} appears more than once in {where}", 0x82)
+            props.setdefault(d.name, []).append(v)
+        else:
+            if d.name in props:
+                r.fail("property_duplicate", f"property {d.name} appears more than once in {where}", 0x82)
+            props[d.name] = v
+        _check_property_value(r, d.name, v, where)
+    return props
+
+
+def _check_property_value(r: _Reader, name: str, v, where: str):
+    bad = None
+    if name in ("payload_format_indicator", "request_problem_information", "request_response_information",
+                "retain_available", "wildcard_subscription_available", "subscription_identifier_available",
+                "shared_subscription_available", "maximum_qos") and v > 1:
+        bad = "must be 0 or 1"
+    elif name in ("receive_maximum", "maximum_packet_size") and v == 0:
+        bad = "must not be 0"
+    elif name == "subscription_identifier" and v == 0:
+        bad = "must not be 0"
+    elif name == "topic_alias" and v == 0:
+        bad = "must not be 0"
+    if bad:
+        r.fail("property_value", f"{name}={v} in {where} {bad}", 0x82)
+
+
+_NAMES = {1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL", 7: "PUBCOMP",
+          8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK", 12: "PINGREQ", 13: "PINGRESP",
+          14: "DISCONNECT", 15: "AUTH"}
+
+
+def _check_filter(r: _Reader, f: str):
+    if not f:
+        r.fail("topic_empty", "topic filter is empty")
+    levels = f.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            r.fail("filter_multi_level", f"topic filter {f!r}: '#' must be a whole level and the last one")
+        if "+" in level and level != "+":
+            r.fail("filter_single_level", f"topic filter {f!r}: '+' must occupy a whole level")
+
+
+def _check_reason(r: _Reader, t: int, code: int):
+    allowed = ALLOWED_REASONS.get(t)
+    if allowed is not None and code not in allowed:
+        r.fail("reason_code", f"reason code {reason_name(code)} is not valid in {_NAMES[t]}", 0x82)
+
+
+def _check_packet_id(r: _Reader, pid: int, t: int):
+    if pid == 0:
+        r.fail("packet_id_zero", f"{_NAMES[t]} has packet identifier 0; it must be non-zero", 0x82)
+
+
+def _decode_connect(r: _Reader, flags: int) -> Connect:
+    name = r.text("protocol name")
+    level = r.u8("protocol level")
+    if level not in _PROTOCOL_NAMES:
+        r.version = MQTT_5 if level > MQTT_5 else MQTT_3_1_1
+        r.fail("connect_protocol_level", f"unsupported protocol level {level} (known: 3, 4, 5)", 0x84)
+    r.version = level
+    if name != _PROTOCOL_NAMES[level]:
+        r.fail("connect_protocol_name",
+               f"protocol name {name!r} does not match level {level} (expected {_PROTOCOL_NAMES[level]!r})", 0x84)
+    cflags = r.u8("connect flags")
+    keepalive = r.u16("keep alive")
+    if cflags & 1:
+        r.fail("connect_reserved", "CONNECT flags reserved bit 0 is set", 0x81)
+    will_flag = bool(cflags & 0x04)
+    will_qos = (cflags >> 3) & 3
+    will_retain = bool(cflags & 0x20)
+    if not will_flag and will_qos:
+        r.fail("will_flags_without_will", f"Will QoS is {will_qos} but the Will Flag is 0")
+    if not will_flag and will_retain:
+        r.fail("will_retain_without_will", "Will Retain is 1 but the Will Flag is 0")
+    if will_qos == 3:
+        r.fail("will_qos3", "Will QoS is 3")
+    has_user, has_pass = bool(cflags & 0x80), bool(cflags & 0x40)
+    if level < MQTT_5 and has_pass and not has_user:
+        r.fail("password_without_username", "Password Flag is 1 but User Name Flag is 0")
+    props = decode_properties(r, P.CONNECT) if level >= MQTT_5 else {}
+    client_id = r.text("client identifier")
+    will = None
+    if will_flag:
+        wprops = decode_properties(r, P.WILL) if level >= MQTT_5 else {}
+        wtopic = r.text("will topic")
+        _check_topic_name(r, wtopic, "will topic")
+        will = Will(wtopic, r.binary("will payload"), will_qos, will_retain, wprops)
+    username = r.text("user name") if has_user else None
+    password = r.binary("password") if has_pass else None
+    r.done("CONNECT payload")
+    # protocol_name stays None: it matched the default for the level (checked above)
+    return Connect(client_id, bool(cflags & 0x02), keepalive, username, password, will, props, level)
+
+
+def _check_topic_name(r: _Reader, topic: str, what: str):
+    if "+" in topic or "#" in topic:
+        r.fail("publish_wildcard", f"{what} {topic!r} contains a wildcard character", 0x82)
+
+
+def _decode_connack(r: _Reader, flags: int) -> Connack:
+    ack = r.u8("acknowledge flags")
+    if r.version == MQTT_3_1:
+        ack_reserved, session_present = ack, False  # 3.1: the first byte is reserved (and 0)
+    else:
+        ack_reserved, session_present = ack & 0xFE, bool(ack & 1)
+    if ack_reserved:
+        r.fail("connack_reserved", f"CONNACK acknowledge flags reserved bits are set (0x{ack:02X})")
+    code = r.u8("return code")
+    props = {}
+    if r.version >= MQTT_5:
+        _check_reason(r, 2, code)
+        props = decode_properties(r, P.CONNACK)
+    r.done("CONNACK")
+    return Connack(session_present, code, props)
+
+
+def _decode_publish(r: _Reader, flags: int) -> Publish:
+    qos = (flags >> 1) & 3
+    if qos == 3:
+        r.fail("publish_qos3", "PUBLISH has both QoS bits set (QoS 3)")
+    dup = bool(flags & 8)
+    if dup and qos == 0:
+        r.fail("publish_dup_qos0", "PUBLISH has DUP=1 with QoS 0", 0x81)
+    topic = r.text("topic name")
+    _check_topic_name(r, topic, "topic name")
+    pid = None
+    if qos:
+        pid = r.u16("packet identifier")
+        _check_packet_id(r, pid, 3)
+    props = {}
+    if r.version >= MQTT_5:
+        props = decode_properties(r, P.PUBLISH)
+    if not topic and "topic_alias" not in props:
+        r.fail("topic_empty", "PUBLISH topic name is empty" +
+               (" and there is no Topic Alias" if r.version >= MQTT_5 else ""), 0x82)
+    return Publish(topic, bytes(r.data[r.pos:]), qos, bool(flags & 1), dup, pid, props)
+
+
+def _decode_ack(r: _Reader, flags: int, t: int):
+    pid = r.u16("packet identifier")
+    _check_packet_id(r, pid, t)
+    code, props = 0, {}
+    if r.version >= MQTT_5 and r.remaining():
+        code = r.u8("reason code")
+        _check_reason(r, t, code)
+        if r.remaining():
+            props = decode_properties(r, t)
+    r.done(_NAMES[t])
+    return _ACK_CLASSES[t](pid, code, props)
+
+
+def _decode_subscribe(r: _Reader, flags: int) -> Subscribe:
+    pid = r.u16("packet identifier")
+    _check_packet_id(r, pid, 8)
+    props = decode_properties(r, P.SUBSCRIBE) if r.version >= MQTT_5 else {}
+    subs = []
+    while r.remaining():
+        f = r.text("topic filter")
+        _check_filter(r, f)
+        opts = r.u8("subscription options")
+        qos = opts & 3
+        if r.version >= MQTT_5:
+            reserved = opts & 0xC0
+            rh = (opts >> 4) & 3
+            if rh == 3:
+                r.fail("retain_handling3", f"subscription to {f!r} has Retain Handling 3", 0x82)
+            sub = Subscription(f, qos, bool(opts & 4), bool(opts & 8), rh, reserved)
+        else:
+            reserved = opts & 0xFC
+            sub = Subscription(f, qos, reserved=reserved)
+        if reserved:
+            r.fail("subscribe_reserved", f"subscription to {f!r} has reserved option bits set (0x{opts:02X})")
+        if qos == 3:
+            r.fail("subscribe_qos3", f"subscription to {f!r} requests QoS 3")
+        subs.append(sub)
+    if not subs:
+        r.fail("subscribe_empty", "SUBSCRIBE has no topic filters", 0x82)
+    return Subscribe(pid, subs, props)
+
+
+def _decode_suback(r: _Reader, flags: int) -> Suback:
+    pid = r.u16("packet identifier")
+    _check_packet_id(r, pid, 9)
+    props = decode_properties(r, P.SUBACK) if r.version >= MQTT_5 else {}
+    codes = list(r.data[r.pos:])
+    for c in codes:
+        if r.version >= MQTT_5:
+            _check_reason(r, 9, c)
+        elif c not in _SUBACK_311:
+            r.fail("suback_return_code", f"SUBACK return code 0x{c:02X} is not 0x00, 0x01, 0x02 or 0x80")
+    return Suback(pid, codes, props)
+
+
+def _decode_unsubscribe(r: _Reader, flags: int) -> Unsubscribe:
+    pid = r.u16("packet identifier")
+    _check_packet_id(r, pid, 10)
+    props = decode_properties(r, P.UNSUBSCRIBE) if r.version >= MQTT_5 else {}
+    filters = []
+    while r.remaining():
+        f = r.text("topic filter")
+        _check_filter(r, f)
+        filters.append(f)
+    if not filters:
+        r.fail("unsubscribe_empty", "UNSUBSCRIBE has no topic filters", 0x82)
+    return Unsubscribe(pid, filters, props)
+
+
+def _decode_unsuback(r: _Reader, flags: int) -> Unsuback:
+    pid = r.u16("packet identifier")
+    _check_packet_id(r, pid, 11)
+    if r.version < MQTT_5:
+        r.done("UNSUBACK")
+        return Unsuback(pid)
+    props = decode_properties(r, P.UNSUBACK)
+    codes = list(r.data[r.pos:])
+    for c in codes:
+        _check_reason(r, 11, c)
+    return Unsuback(pid, codes, props)
+
+
+def _decode_empty(cls):
+    def decode_(r: _Reader, flags: int):
+        r.done(cls.__name__.upper())
+        return cls()
+    return decode_
+
+
+def _decode_reason(cls, t):
+    def decode_(r: _Reader, flags: int):
+        code, props = 0, {}
+        if r.version >= MQTT_5 and r.remaining():
+            code = r.u8("reason code")
+            _check_reason(r, t, code)
+            if r.remaining():
+                props = decode_properties(r, t)
+        r.done(_NAMES[t])
+        return cls(code, props)
+    return decode_
+
+
+_DECODERS = {
+    1: _decode_connect, 2: _decode_connack, 3: _decode_publish,
+    4: lambda r, f: _decode_ack(r, f, 4), 5: lambda r, f: _decode_ack(r, f, 5),
+    6: lambda r, f: _decode_ack(r, f, 6), 7: lambda r, f: _decode_ack(r, f, 7),
+    8: _decode_subscribe, 9: _decode_suback, 10: _decode_unsubscribe, 11: _decode_unsuback,
+    12: _decode_empty(Pingreq), 13: _decode_empty(Pingresp), 14: _decode_reason(Disconnect, 14),
+    15: _decode_reason(Auth, 15),
+}
+
+
+def _decode_one(first: int, body: bytes, version: int, raw: bytes):
+    t = first >> 4
+    flags = first & 0x0F
+    if t == 0 or (t == 15 and version < MQTT_5):
+        raise ProtocolError(f"reserved packet type {t}", ref("reserved_type", version), raw)
+    if t != 3:
+        expected = _FIXED_FLAGS[t]
+        if flags != expected:
+            raise ProtocolError(
+                f"{_NAMES[t]} fixed-header flags are 0b{flags:04b}; they must be 0b{expected:04b}",
+                ref("reserved_flags", version), raw)
+    return _DECODERS[t](_Reader(body, version, raw), flags)
+
+
+class Decoder:
+    """Streaming decoder: feed() bytes in chunks of any size, get whole packets back.
+
+    `version` is the protocol level used for packets other than CONNECT; decoding a CONNECT sets
+    it (a server-side decoder learns the version that way). After a ProtocolError the stream
+    cannot be resynchronised; the decoder stays failed and re-raises.
+    """
+
+    __slots__ = ("version", "max_packet_size", "_buf", "error")
+
+    def __init__(self, version: int = MQTT_3_1_1, max_packet_size: int | None = None):
+        self.version = version
+        self.max_packet_size = max_packet_size
+        self._buf = bytearray()
+        self.error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a whole packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list:
+        return [p for p, _ in self.feed_raw(data)]
+
+    def feed_raw(self, data: bytes) -> list[tuple[object, bytes]]:
+        """Like feed(), but pairs each packet with its exact bytes (for logs, pcap and proxies).
+
+        On a malformed packet, raises ProtocolError whose `.decoded` holds the packets that
+        preceded it in this call.
+        """
+        if self.error is not None:
+            raise self.error
+        buf = self._buf
+        buf += data
+        out = []
+        pos = 0
+        n = len(buf)
+        version = self.version
+        try:
+            while n - pos >= 2:
+                first = buf[pos]
+                b = buf[pos + 1]
+                if b < 128:
+                    length, hdr = b, 2
+                else:
+                    length, end = _peek_vbi(buf, pos + 1, version)
+                    if end < 0:
+                        break
+                    hdr = end - pos
+                if self.max_packet_size is not None and hdr + length > self.max_packet_size:
+                    raise ProtocolError(f"packet of {hdr + length} bytes exceeds Maximum Packet Size "
+                                        f"{self.max_packet_size}", ref("packet_too_large", version),
+                                        bytes(buf[pos:pos + hdr]), 0x95)
+                stop = pos + hdr + length
+                if stop > n:
+                    break
+                raw = bytes(buf[pos:stop])
+                packet = _decode_one(first, raw[hdr:], version, raw)
+                if first >> 4 == 1:
+                    version = self.version = packet.protocol_level
+                out.append((packet, raw))
+                pos = stop
+        except ProtocolError as exc:
+            exc.decoded = [p for p, _ in out]
+            exc.decoded_raw = out
+            self.error = exc
+            del buf[:pos]
+            raise
+        if pos:
+            del buf[:pos]
+        return out
+
+
+def _peek_vbi(buf, pos: int, version: int) -> tuple[int, int]:
+    """Remaining length at buf[pos:]; (-1, -1) if more bytes are needed."""
+    value = 0
+    for i in range(4):
+        if pos + i >= len(buf):
+            return -1, -1
+        b = buf[pos + i]
+        value |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            if i and b == 0:
+                raise ProtocolError(f"remaining length is not minimally encoded ({i + 1} bytes for {value})",
+                                    ref("vbi_not_minimal", version), bytes(buf[pos - 1:pos + i + 1]))
+            return value, pos + i + 1
+    raise ProtocolError("remaining length Variable Byte Integer is longer than 4 bytes",
+                        ref("vbi_too_long", version), bytes(buf[pos - 1:pos + 5]))
+
+
+def decode(data: bytes, version: int = MQTT_3_1_1):
+    """Decode exactly one whole packet."""
+    d = Decoder(version)
+    packets = d.feed(data)
+    if len(packets) != 1 or d.buffered:
+        raise ProtocolError(f"expected exactly one whole packet, got {len(packets)} and {d.buffered} "
+                            f"leftover byte(s)", ref("length_mismatch", version), data)
+    return packets[0]
+
+
+# ----------------------------------------------------------------------------------- display
+
+def summary(packet) -> str:
+    """One line per packet, for traces and logs: type, key fields, sizes; no payload dump."""
+    t = packet.TYPE
+    name = t.name
+    if t == 3:
+        parts = [f"topic={packet.topic!r}", f"qos={packet.qos}"]
+        if packet.packet_id is not None:
+            parts.append(f"pid={packet.packet_id}")
+        if packet.retain:
+            parts.append("retain")
+        if packet.dup:
+            parts.append("dup")
+        payload = packet.payload
+        shown = payload[:32]
+        parts.append(f"payload={shown!r}{'…' if len(payload) > 32 else ''} ({len(payload)} B)")
+    elif t == 1:
+        parts = [f"client_id={packet.client_id!r}", f"v={packet.protocol_level}",
+                 f"clean={int(packet.clean)}", f"keepalive={packet.keepalive}"]
+        if packet.username is not None:
+            parts.append(f"user={packet.username!r}")
+        if packet.will is not None:
+            w = packet.will
+            parts.append(f"will={w.topic!r}/q{w.qos}{'/retain' if w.retain else ''}")
+    elif t == 2:
+        parts = [f"session_present={int(packet.session_present)}", f"rc={reason_name(packet.reason_code)}"]
+    elif t in (4, 5, 6, 7):
+        parts = [f"pid={packet.packet_id}"]
+        if packet.reason_code:
+            parts.append(f"rc={reason_name(packet.reason_code)}")
+    elif t == 8:
+        parts = [f"pid={packet.packet_id}"] + [f"{s.topic_filter!r}/q{s.qos}" for s in packet.subscriptions]
+    elif t in (9, 11):
+        parts = [f"pid={packet.packet_id}", "rc=[" + ",".join(f"0x{c:02X}" for c in packet.reason_codes) + "]"]
+    elif t == 10:
+        parts = [f"pid={packet.packet_id}"] + [repr(f) for f in packet.topic_filters]
+    elif t in (14, 15):
+        parts = [f"rc={reason_name(packet.reason_code)}"] if packet.reason_code else []
+    else:
+        parts = []
+    props = getattr(packet, "properties", None)
+    if props:
+        parts.append("props={" + ", ".join(f"{k}={v!r}" for k, v in props.items()) + "}")
+    return f"{name}({', '.join(parts)})"
