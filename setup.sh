@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Sets up everything mqtt-harness and its tests need on Debian/Ubuntu: apt packages, the
+# virtualenv (.venv), node modules for aedes, and a docker daemon (host networking only).
+# Idempotent: a second run only checks. Run as root or with sudo available.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf '[setup] %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+APT_PACKAGES=(mosquitto mosquitto-clients nats-server docker.io socat python3-venv nodejs npm)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# node/npm may come from elsewhere (nodesource, nvm): only install them if the commands are absent.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  tmp=(); for p in "${missing[@]}"; do [[ $p == nodejs || $p == npm ]] || tmp+=("$p"); done; missing=("${tmp[@]}")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  say "apt: installing ${missing[*]}"
+  # Packaged services must not auto-start with their default configs (they would bind 0.0.0.0).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null; $SUDO chmod +x /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "venv: creating .venv with $($PY --version)"
+  $PY -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -e "$stamp" ]; then
+  say "venv: installing mqtt-harness and its test/bench dependencies"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test,bench,brokers]'
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+if [ -f brokers/aedes/package.json ] && [ ! -d brokers/aedes/node_modules ]; then
+  say "npm: installing aedes into brokers/aedes"
+  (cd brokers/aedes && npm install --no-audit --no-fund --silent)
+fi
+
+if [ -x .ci/setup-docker.sh ]; then
+  .ci/setup-docker.sh || say "docker: not available (docker tests will skip with the reason above)"
+fi
+say "ready: .venv/bin/mqtt-harness --help"
