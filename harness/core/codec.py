@@ -328,7 +328,7 @@ def _decode_vbi(data, pos: int, version: int, raw: bytes, what: str) -> tuple[in
         pos += 1
         value |= (b & 0x7F) << shift
         if not b & 0x80:
-            if i and b == 0:
+            if i and b == 0 and version >= MQTT_5:
                 raise ProtocolError(f"{what} is not minimally encoded ({i + 1} bytes for {value})",
                                     ref("vbi_not_minimal", version), bytes(data[start:pos]))
             return value, pos
@@ -392,7 +392,7 @@ def _check_property_value(r: _Reader, name: str, v, where: str):
     elif name == "subscription_identifier" and v == 0:
         bad = "must not be 0"
     elif name == "topic_alias" and v == 0:
-        bad = "must not be 0"
+        r.fail("topic_alias_zero", f"topic_alias=0 in {where}", 0x82)
     if bad:
         r.fail("property_value", f"{name}={v} in {where} {bad}", 0x82)
 
@@ -717,7 +717,7 @@ def _peek_vbi(buf, pos: int, version: int) -> tuple[int, int]:
         b = buf[pos + i]
         value |= (b & 0x7F) << (7 * i)
         if not b & 0x80:
-            if i and b == 0:
+            if i and b == 0 and version >= MQTT_5:
                 raise ProtocolError(f"remaining length is not minimally encoded ({i + 1} bytes for {value})",
                                     ref("vbi_not_minimal", version), bytes(buf[pos - 1:pos + i + 1]))
             return value, pos + i + 1

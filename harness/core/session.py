@@ -21,6 +21,7 @@ from harness.core.packets import (
     MQTT_5, Auth, Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
     Suback, Subscribe, Subscription, Unsuback, Unsubscribe, Will,
 )
+from harness.core.statements import ref
 from harness.errors import ProtocolError
 
 DEFAULT_WINDOW_311 = 20  # mosquitto's default max_inflight_messages; above it QoS 2 is lost (perf-baselines §3.1)
@@ -281,7 +282,7 @@ class ClientSession:
         if t == 4 or t == 7:
             entry = self.outgoing.get(p.packet_id)
             if entry is None or entry.awaiting is not type(p):
-                events.append(Violation("MQTT-4.3.2-1" if t == 4 else "MQTT-4.3.3-1",
+                events.append(Violation(ref("unexpected_ack", self.version),
                                         f"{type(p).__name__.upper()} for packet id {p.packet_id} "
                                         "which is not awaiting one", p))
                 return
@@ -291,7 +292,7 @@ class ClientSession:
         elif t == 5:
             entry = self.outgoing.get(p.packet_id)
             if entry is None or entry.awaiting not in (Pubrec, Pubcomp):
-                events.append(Violation("MQTT-4.3.3-1", f"PUBREC for packet id {p.packet_id} with no QoS 2 "
+                events.append(Violation(ref("unexpected_ack", self.version), f"PUBREC for packet id {p.packet_id} with no QoS 2 "
                                         "PUBLISH in flight", p))
                 if not self.config.manual_acks and self.version < MQTT_5:
                     self._send(Pubrel(p.packet_id), now)
@@ -312,10 +313,10 @@ class ClientSession:
         elif t == 9 or t == 11:
             req = self.requests.pop(p.packet_id, None)
             if req is None:
-                events.append(Violation("MQTT-3.8.4-2" if t == 9 else "MQTT-3.10.4-4",
+                events.append(Violation(ref("sub_ack_id", self.version),
                                         f"{type(p).__name__.upper()} for unknown packet id {p.packet_id}", p))
             elif t == 9 and len(p.reason_codes) != len(req.subscriptions):
-                events.append(Violation("MQTT-3.9.3-1", f"SUBACK has {len(p.reason_codes)} return codes for "
+                events.append(Violation(ref("suback_count", self.version), f"SUBACK has {len(p.reason_codes)} return codes for "
                                         f"{len(req.subscriptions)} topic filters", p))
         elif t == 14:
             self.state = State.DISCONNECTED
@@ -333,7 +334,7 @@ class ClientSession:
             self.alias_out_max = props.get("topic_alias_maximum", 0)
             self.server_keepalive = props.get("server_keep_alive")
         if self.config.clean and p.session_present:
-            self._events.append(Violation("MQTT-3.2.2-1" if self.version < MQTT_5 else "MQTT-3.2.2-2",
+            self._events.append(Violation(ref("clean_session_present", self.version),
                                           "Session Present is 1 in reply to a clean-session CONNECT", p))
         if p.session_present:
             self._resume(now)
@@ -364,14 +365,14 @@ class ClientSession:
             alias = p.properties["topic_alias"]
             limit = self.config.properties.get("topic_alias_maximum", 0)
             if alias > limit:
-                events.append(Violation("MQTT-3.3.2-9", f"Topic Alias {alias} exceeds our Topic Alias Maximum "
+                events.append(Violation(ref("topic_alias_over_max", self.version), f"Topic Alias {alias} exceeds our Topic Alias Maximum "
                                         f"{limit}", p))
             elif p.topic:
                 self.alias_in[alias] = p.topic
             elif alias in self.alias_in:
                 p.topic = self.alias_in[alias]
             else:
-                events.append(Violation("§3.3.2.3.4",
+                events.append(Violation(ref("topic_alias_unknown", self.version),
                                         f"Topic Alias {alias} used before it was set", p))
         events.append(p)
         if not p.qos:
@@ -381,7 +382,7 @@ class ClientSession:
             limit = self.config.properties.get("receive_maximum", 65535)
             if pid not in self.incoming_unacked and pid not in self.incoming_qos2:
                 if len(self.incoming_unacked) + len(self.incoming_qos2) >= limit:
-                    events.append(Violation("MQTT-3.3.4-9", f"server sent more than Receive Maximum {limit} "
+                    events.append(Violation(ref("receive_maximum", self.version), f"server sent more than Receive Maximum {limit} "
                                             "unacknowledged QoS 1/2 PUBLISH packets", p))
         if self.config.manual_acks:
             self.incoming_unacked.add(pid)
