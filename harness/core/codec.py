@@ -692,7 +692,9 @@ class Decoder:
                 if stop > n:
                     break
                 raw = bytes(buf[pos:stop])
-                packet = _decode_one(first, raw[hdr:], version, raw)
+                packet = _fast_decode(first, raw, hdr, length, version)
+                if packet is None:
+                    packet = _decode_one(first, raw[hdr:], version, raw)
                 if first >> 4 == 1:
                     version = self.version = packet.protocol_level
                 out.append((packet, raw))
@@ -706,6 +708,43 @@ class Decoder:
         if pos:
             del buf[:pos]
         return out
+
+
+def _fast_decode(first: int, raw: bytes, hdr: int, length: int, version: int):
+    """The common, valid cases of PUBLISH and the 2-byte acks, decoded inline.
+
+    Returns None for anything unusual, which then takes the full, checking path (so every
+    error is still raised there, with its statement)."""
+    t = first >> 4
+    if t == 3:
+        if version >= MQTT_5 or length < 2:
+            return None
+        qos = (first >> 1) & 3
+        if qos == 3 or (qos == 0 and first & 8):
+            return None
+        tl = (raw[hdr] << 8) | raw[hdr + 1]
+        start = hdr + 2
+        end = start + tl
+        if end + (2 if qos else 0) > len(raw) or not tl:
+            return None
+        try:
+            topic = raw[start:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if "\x00" in topic or "+" in topic or "#" in topic:
+            return None
+        pid = None
+        if qos:
+            pid = (raw[end] << 8) | raw[end + 1]
+            if not pid:
+                return None
+            end += 2
+        return Publish(topic, raw[end:], qos, bool(first & 1), bool(first & 8), pid, {})
+    if length == 2 and 4 <= t <= 7 and (first & 0x0F) == _FIXED_FLAGS[t]:
+        pid = (raw[hdr] << 8) | raw[hdr + 1]
+        if pid:
+            return _ACK_CLASSES[t](pid, 0, {})
+    return None
 
 
 def _peek_vbi(buf, pos: int, version: int) -> tuple[int, int]:
