@@ -93,8 +93,12 @@ def _tracer(args):
     if not args.trace:
         return None
 
+    t0 = []
+
     def trace(entry) -> None:
-        print(entry.line(), file=sys.stderr, flush=True)
+        if not t0:
+            t0.append(entry.time)
+        print(entry.line(t0[0]), file=sys.stderr, flush=True)
     return trace
 
 
@@ -169,7 +173,11 @@ def run_sub(args) -> int:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"received {received} of {args.count or 'any'} message(s) within {args.timeout:g}s")
-                msg = await client.receive(timeout=remaining if remaining is not None else 365 * 86400)
+                try:
+                    msg = await client.receive(timeout=remaining if remaining is not None else 365 * 86400)
+                except Timeout:
+                    raise Timeout(f"received {received} of {args.count or 'any'} message(s) "
+                                  f"within {args.timeout:g}s") from None
                 if args.retained_only and not msg.retain:
                     continue
                 text = msg.payload.decode("utf-8", "backslashreplace")
