@@ -24,7 +24,7 @@ from harness.core.session import (
     ClientSession, KeepaliveTimeout, PublishDone, SessionConfig, SessionDiscarded, State, Violation,
 )
 from harness.errors import (
-    ConnectionClosed, HarnessError, MqttConnectError, ProtocolError, Timeout,
+    ConnectionClosed, HarnessError, MqttConnectError, ProtocolError, Timeout, TlsError,
 )
 from harness.packet_log import IN, OUT, PacketLog
 from harness.transport import TlsOptions, open_stream
@@ -80,6 +80,7 @@ class Client:
         self._acks: dict[int, asyncio.Future] = {}
         self._closed: asyncio.Event | None = None
         self._close_reason: str | None = None
+        self._close_error: Exception | None = None
         self._wakeup: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ construction
@@ -113,6 +114,7 @@ class Client:
         self._stream = await open_stream(self.url, tls=self.tls, timeout=timeout, resolve=self.resolve)
         self._closed = asyncio.Event()
         self._close_reason = None
+        self._close_error = None
         self.server_disconnect = None
         self._wakeup = asyncio.Event()
         self.log.new_connection(self.version)
@@ -124,6 +126,8 @@ class Client:
             connack = await self._wait(connack_future, deadline - time.monotonic(), "CONNACK")
         except ConnectionClosed as exc:
             await self._teardown()
+            if isinstance(self._close_error, TlsError):
+                raise self._close_error from None  # e.g. the server's alert about our certificate
             hint = ""
             if self.url.tls and not (self.tls and self.tls.cert):
                 hint = "; if the listener requires a client certificate, pass cert/key"
@@ -183,6 +187,7 @@ class Client:
                     self._flush()
         except ConnectionClosed as exc:
             reason = str(exc) or "connection reset"
+            self._close_error = exc
         except asyncio.CancelledError:
             reason = "client closed the connection"
             raise
