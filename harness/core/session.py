@@ -271,6 +271,9 @@ class ClientSession:
         self.state = State.DISCONNECTED
         self.ping_sent_at = None
         self.incoming_unacked.clear()
+        # Bytes never written belong to the dead connection: the next one must start with
+        # CONNECT [MQTT-3.1.0-1], and the flows they carried are resent on resume.
+        self._out.clear()
 
     def _handle(self, p, now):
         events = self._events
