@@ -457,6 +457,8 @@ def _decode_connect(r: _Reader, flags: int) -> Connect:
         wprops = decode_properties(r, P.WILL) if level >= MQTT_5 else {}
         wtopic = r.text("will topic")
         _check_topic_name(r, wtopic, "will topic")
+        if not wtopic:  # a topic name, so at least one character; no alias can stand in for it
+            r.fail("topic_empty", "will topic is empty", 0x82)
         will = Will(wtopic, r.binary("will payload"), will_qos, will_retain, wprops)
     username = r.text("user name") if has_user else None
     password = r.binary("password") if has_pass else None
