@@ -104,29 +104,30 @@ def cmd_up(args: argparse.Namespace) -> int:
     listeners = [k.strip() for k in args.listeners.split(",")] if args.listeners else None
     wants_tls = any(k in brokerdefs.TLS_KINDS for k in (listeners or defn.default_listeners))
     pki = generate_pki(args.certs) if wants_tls else None
-    try:
-        broker = backend.create(defn, listeners=listeners, pki=pki, detached=args.detach)
-        broker.start(timeout=args.timeout)
-    except BrokerError as exc:
-        raise CliError(str(exc)) from None
 
-    print(f"{defn.display_name} is up ({args.backend} backend):")
-    for kind, url in broker.urls().items():
-        print(f"  {kind:<11} {url}")
-    if pki is not None:
-        print(f"  CA {pki.ca}; client certificate {pki.client_cert}, key {pki.client_key} (see {pki.dir}/README.md)")
-    if args.detach:
-        print(f"Left running. Logs: mqtt-harness brokers logs {defn.name}; stop: mqtt-harness brokers down {defn.name}")
-        return 0
-
-    # Ctrl-C, SIGTERM and SIGHUP all end up in the finally below.
+    # Ctrl-C, SIGTERM and SIGHUP all become KeyboardInterrupt: start() cleans up after it, the finally below too.
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
-    print("Press Ctrl-C to stop.", flush=True)
     try:
+        broker = backend.create(defn, listeners=listeners, pki=pki, detached=args.detach)
+        broker.start(timeout=args.timeout)
+    except BrokerError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        print(f"{defn.display_name} is up ({args.backend} backend):")
+        for kind, url in broker.urls().items():
+            print(f"  {kind:<11} {url}")
+        if pki is not None:
+            print(f"  CA {pki.ca}; client certificate {pki.client_cert}, key {pki.client_key} "
+                  f"(see {pki.dir}/README.md)")
+        if args.detach:
+            print(f"Left running. Logs: mqtt-harness brokers logs {defn.name}; "
+                  f"stop: mqtt-harness brokers down {defn.name}")
+            return 0
+        print("Press Ctrl-C to stop.", flush=True)
         wait = getattr(broker, "wait", None)
         if wait is None:
             threading.Event().wait()
@@ -137,7 +138,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"stopping {defn.name}")
         return 0
     finally:
-        broker.stop()
+        if not args.detach:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+            broker.stop()
 
 
 def cmd_down(args: argparse.Namespace) -> int:

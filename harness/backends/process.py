@@ -214,7 +214,7 @@ class ProcessBroker(Broker):
             # Back off, but wake up at once if the process dies.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=max(0.0, min(delay, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, 0.05)
 
     def _log_tail(self) -> str:
         lines = self.logs().splitlines()[-LOG_TAIL_LINES:]
