@@ -13,21 +13,18 @@ import re
 import secrets
 import shutil
 import signal
-import socket
-import ssl
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterable
-from urllib.parse import urlsplit
 
 from harness import brokerdefs
 from harness.broker import MQTT, MQTTS, MQTTS_MTLS, Broker, BrokerError, BrokerUnavailable
 from harness.brokerdefs import TLS_KINDS, BrokerDef
-from harness.errors import ConnectError, MqttConnectError, TcpError, TlsError, UrlError
+from harness.errors import ConnectError, ConnectionClosed, MqttConnectError, Timeout
 from harness.pki import Pki
+from harness.probe import probe_connack
 from harness.ports import release_ports, reserve_ports
 from harness.reaper import (
     TAG_ENV, Record, is_running, kill_instance, new_run_dir, reap_once, remove_record, remove_run_dir, start_time,
@@ -209,7 +206,7 @@ class ProcessBroker(Broker):
                 if exc.reason_code:  # it answered, with a refusal: waiting will not change that
                     raise BrokerError(f"{self.name} refused the readiness probe: {exc}\n{self._log_tail()}") from exc
                 last = exc
-            except ConnectError as exc:
+            except (ConnectError, Timeout, ConnectionClosed) as exc:
                 last = exc
             # Back off, but wake up at once if the process dies.
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -277,54 +274,3 @@ def record_alive(record: Record) -> bool:
     return is_running(record.pid, record.start_time) or bool(tagged_pids(record.id))
 
 
-def probe_connack(url: str, timeout: float, *, ca: str | None = None, cert: str | None = None,
-                  key: str | None = None) -> None:
-    """Open an MQTT 3.1.1 session at `url` (mqtt:// or mqtts://), then DISCONNECT. Raises a ConnectError subclass
-    naming the failing layer. Stand-in for harness.client.Client.connect until the reference client lands."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or not parts.port:
-        raise UrlError("readiness probe needs mqtt://host:port or mqtts://host:port", url)
-    deadline = time.monotonic() + timeout
-
-    def left() -> float:
-        return max(0.001, deadline - time.monotonic())
-
-    try:
-        sock = socket.create_connection((parts.hostname, parts.port), timeout=left())
-    except OSError as exc:
-        raise TcpError(str(exc) or type(exc).__name__, url) from None
-    try:
-        if parts.scheme == "mqtts":
-            ctx = ssl.create_default_context(cafile=ca)
-            if cert:
-                ctx.load_cert_chain(cert, key)
-            sock.settimeout(left())
-            try:
-                sock = ctx.wrap_socket(sock, server_hostname=parts.hostname)
-            except (ssl.SSLError, OSError) as exc:
-                raise TlsError(str(exc) or type(exc).__name__, url) from None
-        client_id = f"mh-probe-{os.getpid()}".encode()
-        # CONNECT: protocol "MQTT" level 4, clean session, keepalive 30 s, client id.
-        body = struct.pack("!H4sBBH", 4, b"MQTT", 4, 0x02, 30) + struct.pack("!H", len(client_id)) + client_id
-        connack = b""
-        try:
-            sock.settimeout(left())
-            sock.sendall(bytes([0x10, len(body)]) + body)
-            while len(connack) < 4:
-                sock.settimeout(left())
-                chunk = sock.recv(4 - len(connack))
-                if not chunk:
-                    raise MqttConnectError("connection closed before CONNACK", url)
-                connack += chunk
-        except (socket.timeout, TimeoutError):
-            raise MqttConnectError(f"no CONNACK within {timeout:g}s", url) from None
-        except OSError as exc:
-            raise MqttConnectError(f"connection lost before CONNACK: {exc}", url) from None
-        if connack[:2] != b"\x20\x02":
-            raise MqttConnectError(f"expected CONNACK, got bytes {connack.hex(' ')}", url)
-        if connack[3]:
-            raise MqttConnectError(f"CONNACK return code {connack[3]}", url, reason_code=connack[3])
-        with contextlib.suppress(OSError):
-            sock.sendall(b"\xe0\x00")  # DISCONNECT; we close first, so TIME_WAIT stays on our side
-    finally:
-        sock.close()
