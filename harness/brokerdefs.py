@@ -4,6 +4,8 @@ A folder brokers/<name>/ holds
     broker.yaml                    profile: product, capabilities, known limits, listener kinds, how to run it
     config/<file>                  base config template; `$listeners` marks where the listener blocks go
     config/listener-<kind><ext>    one template per supported listener kind (<ext> = the suffix of <file>)
+A broker.yaml with `extends: <other>` is a variant: the other's fields (top-level mappings merged one level deep)
+and, unless it has its own config/, the other's templates.
 Templates use string.Template syntax (`$name`, `$$` for a literal dollar). Variables:
     $host $port $kind              in listener templates: address, port and kind of that listener
     $listeners                     in the base template: the rendered listener blocks
@@ -137,6 +139,18 @@ def load(name: str) -> BrokerDef:
     if not path.is_file():
         raise BrokerError(f"no broker definition {name!r}; known: {', '.join(names())}")
     raw = yaml.safe_load(path.read_text())
+    if "extends" in raw:  # a variant of another definition: its fields and config templates, overridden
+        base = load(raw["extends"])
+        base_raw = yaml.safe_load((base.directory / "broker.yaml").read_text())
+        merged = dict(base_raw)
+        for key, value in raw.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            elif key != "extends":
+                merged[key] = value
+        raw = merged
+        if not (directory / "config").is_dir():
+            directory = base.directory
     try:
         return _parse(name, directory, raw)
     except (KeyError, TypeError, ValueError) as exc:

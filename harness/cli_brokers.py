@@ -190,13 +190,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         docker = load_backend("docker")
     except BrokerError as exc:
         raise CliError(f"building images needs the docker backend: {exc}") from None
-    build = getattr(docker, "build", None)
-    if build is None:
-        raise CliError("harness.backends.docker has no build(); this checkout cannot build images yet")
     try:
-        build(defn)
+        image = docker.build(defn)
     except BrokerError as exc:
         raise CliError(str(exc)) from None
+    how = f"built in {image.seconds:.2f}s" if image.built else "up to date"
+    print(f"{image.tag} ({image.image_id[:19]}, {image.size_bytes / 1e6:.1f} MB): {how}")
     return 0
 
 

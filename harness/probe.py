@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from typing import Callable
 
+from harness.broker import BrokerError
 from harness.client import Client
+from harness.errors import ConnectError, ConnectionClosed, MqttConnectError, Timeout
 from harness.transport import TlsOptions
 
 
@@ -45,3 +49,40 @@ def probe_connack(url: str, timeout: float, *, ca: str | None = None, cert: str 
         await client.disconnect(timeout=timeout)
 
     run_sync(probe, timeout)
+
+
+def wait_until_ready(url: str, deadline: float, timeout: float, *, name: str,
+                     exit_status: Callable[[], str | None], log_tail: Callable[[], str],
+                     pause: Callable[[float], object], **tls: str) -> None:
+    """Probe `url` until a CONNACK accepts a session. BrokerError if the broker ends (exit_status() returns
+    how), refuses the probe, or `deadline` passes. `pause(seconds)` waits between probes; backends pass a
+    wait that returns early when the broker dies."""
+    delay = 0.005
+    last: Exception | None = None
+    while True:
+        ended = exit_status()
+        if ended is not None:
+            raise BrokerError(f"{name} {ended} before it was ready (last probe: {last})\n{log_tail()}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BrokerError(f"{name} sent no CONNACK on {url} within {timeout:g}s (last probe: {last})\n{log_tail()}")
+        try:
+            probe_connack(url, timeout=min(2.0, remaining), **tls)
+            return
+        except MqttConnectError as exc:
+            if exc.reason_code:  # it answered, with a refusal: waiting will not change that
+                raise BrokerError(f"{name} refused the readiness probe: {exc}\n{log_tail()}") from exc
+            last = exc
+        except (ConnectError, Timeout, ConnectionClosed) as exc:
+            last = exc
+        pause(max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
+
+
+def tls_args_for(kind: str, pki) -> dict[str, str]:
+    """The probe's ca/cert/key for a listener kind, from the broker's PKI."""
+    if kind in ("mqtts", "wss"):
+        return {"ca": str(pki.ca)}
+    if kind == "mqtts-mtls":
+        return {"ca": str(pki.ca), "cert": str(pki.client_cert), "key": str(pki.client_key)}
+    return {}

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from harness.backends.process import probe_connack
+from harness.probe import probe_connack
 from harness.errors import ConnectError
 from harness.pki import CLIENT_CN, FILES, MANIFEST, STORE_PASSWORD, Pki, generate_pki
 

@@ -17,7 +17,8 @@ import pytest
 
 from harness import brokerdefs, reaper
 from harness.backends import process
-from harness.backends.process import ProcessBroker, probe_connack
+from harness.backends.process import ProcessBroker
+from harness.probe import probe_connack
 from harness.broker import MQTT, MQTTS, MQTTS_MTLS, BrokerError
 from harness.ports import port_is_free, release_ports, reserve_ports
 

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import docker
 import docker.errors
@@ -26,12 +26,11 @@ import requests
 
 from harness import brokerdefs, images
 from harness.backends.process import PROBE_KINDS
-from harness.broker import MQTTS_MTLS, Broker, BrokerError, BrokerUnavailable
+from harness.broker import Broker, BrokerError, BrokerUnavailable
 from harness.brokerdefs import TLS_KINDS, BrokerDef
-from harness.errors import ConnectError, ConnectionClosed, MqttConnectError, Timeout
 from harness.pki import Pki
 from harness.ports import release_ports, reserve_ports
-from harness.probe import probe_connack
+from harness.probe import tls_args_for, wait_until_ready
 from harness.reaper import (
     Record, is_running, new_run_dir, reap_once, remove_record, remove_run_dir, this_process, write_record,
 )
@@ -218,12 +217,9 @@ class DockerBroker(Broker):
                 LABEL_RUN_DIR: self.record.run_dir}
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
-        tls = {}
-        if self.probe_kind in TLS_KINDS:
-            tls["ca"] = str(self.pki.ca)
-        if self.probe_kind == MQTTS_MTLS:
-            tls.update(cert=str(self.pki.client_cert), key=str(self.pki.client_key))
-        wait_for_connack(self.urls()[self.probe_kind], deadline, timeout, self._exit_status, self._log_tail, **tls)
+        wait_until_ready(self.urls()[self.probe_kind], deadline, timeout, name=self.name,
+                         exit_status=self._exit_status, log_tail=self._log_tail, pause=time.sleep,
+                         **tls_args_for(self.probe_kind, self.pki))
 
     def _exit_status(self) -> str | None:
         """None while the container runs, else how it ended."""
@@ -273,34 +269,6 @@ class DockerBroker(Broker):
         self.record = None
         self._container = None
         self.teardown_seconds = time.monotonic() - began
-
-
-def wait_for_connack(url: str, deadline: float, timeout: float, exit_status: Callable[[], str | None],
-                     log_tail: Callable[[], str], **tls: str) -> None:
-    """Probe `url` until a CONNACK accepts the session; BrokerError if the broker exits, refuses, or time runs out.
-
-    `exit_status()` returns None while the broker runs, else a description of how it ended.
-    """
-    delay = 0.005
-    last: Exception | None = None
-    while True:
-        ended = exit_status()
-        if ended is not None:
-            raise BrokerError(f"broker {ended} before it was ready (last probe: {last})\n{log_tail()}")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BrokerError(f"no CONNACK on {url} within {timeout:g}s (last probe: {last})\n{log_tail()}")
-        try:
-            probe_connack(url, timeout=min(2.0, remaining), **tls)
-            return
-        except MqttConnectError as exc:
-            if exc.reason_code:  # it answered, with a refusal: waiting will not change that
-                raise BrokerError(f"broker refused the readiness probe: {exc}\n{log_tail()}") from exc
-            last = exc
-        except (ConnectError, Timeout, ConnectionClosed) as exc:
-            last = exc
-        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.05)
 
 
 def _stage_pki(pki: Pki, directory: Path) -> str:

@@ -22,9 +22,8 @@ from typing import Iterable
 from harness import brokerdefs
 from harness.broker import MQTT, MQTTS, MQTTS_MTLS, Broker, BrokerError, BrokerUnavailable
 from harness.brokerdefs import TLS_KINDS, BrokerDef
-from harness.errors import ConnectError, ConnectionClosed, MqttConnectError, Timeout
 from harness.pki import Pki
-from harness.probe import probe_connack
+from harness.probe import tls_args_for, wait_until_ready
 from harness.ports import release_ports, reserve_ports
 from harness.reaper import (
     TAG_ENV, Record, is_running, kill_instance, new_run_dir, reap_once, remove_record, remove_run_dir, start_time,
@@ -183,35 +182,17 @@ class ProcessBroker(Broker):
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         url = self.urls()[self.probe_kind]
-        tls = {}
-        if self.probe_kind in TLS_KINDS:
-            tls["ca"] = str(self.pki.ca)
-        if self.probe_kind == MQTTS_MTLS:
-            tls.update(cert=str(self.pki.client_cert), key=str(self.pki.client_key))
-        delay = 0.005
-        last: Exception | None = None
-        while True:
+        tls = tls_args_for(self.probe_kind, self.pki)
+        def exit_status() -> str | None:
             code = self._proc.poll()
-            if code is not None:
-                raise BrokerError(f"{self.name} exited with code {code} before it was ready "
-                                  f"(last probe: {last})\n{self._log_tail()}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerError(f"{self.name} sent no CONNACK on {url} within {timeout:g}s "
-                                  f"(last probe: {last})\n{self._log_tail()}")
-            try:
-                probe_connack(url, timeout=min(2.0, remaining), **tls)
-                return
-            except MqttConnectError as exc:
-                if exc.reason_code:  # it answered, with a refusal: waiting will not change that
-                    raise BrokerError(f"{self.name} refused the readiness probe: {exc}\n{self._log_tail()}") from exc
-                last = exc
-            except (ConnectError, Timeout, ConnectionClosed) as exc:
-                last = exc
-            # Back off, but wake up at once if the process dies.
+            return None if code is None else f"exited with code {code}"
+
+        def pause(seconds: float) -> None:  # returns early if the process dies
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=max(0.0, min(delay, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.05)
+                self._proc.wait(timeout=seconds)
+
+        wait_until_ready(url, deadline, timeout, name=self.name, exit_status=exit_status,
+                         log_tail=self._log_tail, pause=pause, **tls)
 
     def _log_tail(self) -> str:
         lines = self.logs().splitlines()[-LOG_TAIL_LINES:]
