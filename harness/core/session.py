@@ -55,7 +55,8 @@ class Violation:
 
 @dataclass(slots=True)
 class KeepaliveTimeout:
-    """No PINGRESP (or any packet) arrived in time after a PINGREQ: the peer counts as dead."""
+    """No PINGRESP arrived within ping_timeout of a PINGREQ (other packets do not count): the peer
+    counts as dead."""
 
     waited: float
 
