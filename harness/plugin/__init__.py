@@ -1,0 +1,514 @@
+"""mqtt-harness pytest plugin: runs conformance suites against brokers under test and writes reports.
+
+Registered through the `pytest11` entry point, so `pytest suites/` just works. It stays out of the way of any
+test that does not ask for its fixtures (`broker`, `mqtt_version`, `client_factory`): those are "suite tests".
+The suite-author guide is suites/README.md; the report format is harness/report/SCHEMA.md.
+
+Fixtures   broker (session, one per --broker), mqtt_version ("3.1.1"/"5"), client_factory, topic, pki/certs,
+           keepalive_seconds
+Markers    spec(...), requires(...), v5_only, v311_only, timeout(seconds)
+Helpers    harness.expect: expect_packet, expect_nothing, expect_closed, mark
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import linecache
+import secrets
+import signal
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.plugin import markers
+from harness.plugin.brokers import (
+    BrokerPool, BrokerSpec, BrokerSpecError, BrokerUnderTest, ClientTls, default_broker, parse_broker, unique_ids,
+    unavailable_reason,
+)
+from harness.plugin.clients import ClientFactory, client_logs, format_logs
+from harness.plugin.results import ResultCollector
+
+SUITE_FIXTURES = ("broker", "mqtt_version", "client_factory")
+MAX_BROKER_LOG = 20_000  # characters of broker log kept per failing test
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mqtt-harness", "MQTT conformance suites (mqtt-harness; see suites/README.md)")
+    group.addoption("--broker", action="append", default=[], metavar="NAME|URL",
+                    help="broker under test, repeatable: a definition under brokers/ (mosquitto, mosquitto:docker, "
+                         "mosquitto:process, nats, ...) or the URL(s) of a running broker (mqtt://host:1883, "
+                         "several listeners comma-separated, KIND=URL to name one). Default: mosquitto in docker "
+                         "where docker works, else as a local process")
+    group.addoption("--mqtt-version", choices=("3.1.1", "5", "all"), default="all",
+                    help="MQTT version(s) suite tests run at (default: %(default)s)")
+    group.addoption("--report-dir", metavar="DIR", type=Path,
+                    help="write report.json, report.html and junit.xml here")
+    group.addoption("--ca", metavar="PEM", help="URL brokers: CA file that signed the broker's certificate")
+    group.addoption("--cert", metavar="PEM", help="URL brokers: client certificate for the mqtts-mtls listener")
+    group.addoption("--key", metavar="PEM", help="URL brokers: key of --cert")
+    group.addoption("--username", help="URL brokers: user name test clients log in with")
+    group.addoption("--password", help="URL brokers: password test clients log in with")
+    group.addoption("--mtls-url", metavar="URL",
+                    help="URL broker: a listener that requires client certificates (mqtts://host:8884), so the mTLS "
+                         "tests run against it")
+    group.addoption("--known-limits", metavar="YAML", type=Path,
+                    help="extra known limits: {broker id or name: {test name, test id or statement ID: reason}}; "
+                         "matching tests are strict xfails")
+    group.addoption("--keepalive-seconds", type=int, default=2, metavar="N",
+                    help="keepalive that keepalive tests use (default: %(default)s)")
+    group.addoption("--mqtt-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="overall time limit of each suite test; @pytest.mark.timeout(N) overrides (default: %(default)s)")
+    group.addoption("--wait-timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="default wait of test clients and harness.expect (default: %(default)s)")
+    group.addoption("--mqtt-progress", action="store_true",
+                    help="print one line per suite result (what `mqtt-harness run` shows)")
+
+
+@dataclass
+class PluginState:
+    """Per-process plugin state (each xdist worker has its own, hence its own brokers)."""
+
+    config: pytest.Config
+    pool: BrokerPool
+    versions: tuple[str, ...]
+    collector: ResultCollector
+    run_token: str = field(default_factory=lambda: secrets.token_hex(3))
+    _specs: list[BrokerSpec] | None = None
+    _checked: bool = False
+
+    def specs(self) -> list[BrokerSpec]:
+        """The brokers under test; parsing (and choosing the default) happens on first use only."""
+        if self._specs is None:
+            given = self.config.getoption("broker")
+            mtls = self.config.getoption("mtls_url")
+            try:
+                specs = [parse_broker(text, mtls_url=mtls if "://" in text else None) for text in given]
+                if mtls and sum(s.backend == "external" for s in specs) != 1:
+                    raise BrokerSpecError("--mtls-url needs exactly one URL --broker; with several, write it inside "
+                                          "one: --broker 'mqtt://h:1883,mqtts-mtls=mqtts://h:8884'")
+                self._specs = unique_ids(specs or [default_broker()])
+            except BrokerSpecError as exc:
+                raise pytest.UsageError(f"--broker: {exc}") from None
+        return self._specs
+
+
+_STATE = pytest.StashKey[PluginState]()
+_TEST = pytest.StashKey["RunningTest"]()
+
+
+@dataclass
+class RunningTest:
+    """What the plugin keeps for one running suite test."""
+
+    broker: BrokerUnderTest | None = None
+    log_mark: int = 0
+    factory: ClientFactory | None = None
+    expected: str | None = None
+    actual: list[str] = field(default_factory=list)
+    failed: bool = False
+
+
+def _state(config: pytest.Config) -> PluginState:
+    return config.stash[_STATE]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in markers.MARKERS:
+        config.addinivalue_line("markers", line)
+    if not config.pluginmanager.hasplugin("timeout"):
+        config.addinivalue_line("markers", "timeout(seconds): overall time limit of a suite test")
+    version = config.getoption("mqtt_version")
+    limits_file = config.getoption("known_limits")
+    client_tls = ClientTls(ca=config.getoption("ca"), cert=config.getoption("cert"), key=config.getoption("key"),
+                           username=config.getoption("username"), password=config.getoption("password"))
+    state = PluginState(config=config, pool=BrokerPool(client_tls=client_tls, extra_limits=_read_limits(limits_file)),
+                        versions=markers.VERSIONS if version == "all" else (version,),
+                        collector=ResultCollector(config))
+    config.stash[_STATE] = state
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(ReportHooks(state), "mqtt-harness-reports")
+    if config.getoption("broker"):
+        state.specs()  # a bad --broker is a usage error before anything is collected
+
+
+def _read_limits(path: Path | None) -> dict[str, dict[str, str]]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise pytest.UsageError(f"--known-limits {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise pytest.UsageError(f"--known-limits {path}: expected a mapping broker -> {{test or statement ID: reason}}")
+    return {str(broker): {str(k): str(v) for k, v in limits.items()} for broker, limits in data.items()}
+
+
+def is_suite_item(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in SUITE_FIXTURES)
+
+
+# ------------------------------------------------------------------------------------------------ collection
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = metafunc.fixturenames
+    if not any(name in names for name in SUITE_FIXTURES):
+        return
+    state = _state(metafunc.config)
+    definition = metafunc.definition
+    where = f"{definition.nodeid}"
+    params = _version_params(definition, state.versions, where) if "mqtt_version" in names else []
+    versions = [p.values[0] for p in params] or [None]
+    errors = markers.spec_errors(list(definition.iter_markers("spec")), versions)
+    try:
+        markers.required(definition.iter_markers("requires"))
+    except ValueError as exc:
+        errors.append(str(exc))
+    if errors:
+        pytest.fail(f"{where}: " + "; ".join(errors), pytrace=False)
+    if "broker" in names:
+        metafunc.parametrize("broker", [pytest.param(s, id=s.id) for s in state.specs()], indirect=True,
+                             scope="session")
+    if params:
+        metafunc.parametrize("mqtt_version", params)
+
+
+def _version_params(definition: pytest.Function, selected: tuple[str, ...], where: str) -> list:
+    only = [v for v, mark in (("5", "v5_only"), ("3.1.1", "v311_only")) if definition.get_closest_marker(mark)]
+    if len(only) > 1:
+        pytest.fail(f"{where}: marked both v5_only and v311_only", pytrace=False)
+    wanted = only or list(markers.VERSIONS)
+    params = [pytest.param(v, id=markers.VERSION_IDS[v]) for v in wanted if v in selected]
+    if not params:  # shown as a skip, so a filtered-out version is visible in the report
+        v = wanted[0]
+        reason = f"{'v5_only' if v == '5' else 'v311_only'} test; --mqtt-version {selected[0]} excludes MQTT {v}"
+        params = [pytest.param(v, id=markers.VERSION_IDS[v], marks=pytest.mark.skip(reason=reason))]
+    return params
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    suite = [item for item in items if is_suite_item(item)]
+    if not suite:
+        return
+    state = _state(config)
+    for spec in state.specs():
+        reason = unavailable_reason(spec)
+        if reason is not None:
+            raise pytest.UsageError(f"broker {spec.name} cannot run here: {reason}")
+    for item in suite:
+        spec = _spec_of(item)
+        if spec is None:
+            continue
+        limits = state.pool.known_limits(spec)
+        found = markers.known_limit(limits, _limit_keys(item))
+        if found is not None:
+            key, reason = found
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"known limit of {spec.name} [{key}]: {reason}"))
+
+
+def _spec_of(item: pytest.Item) -> BrokerSpec | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("broker") if callspec is not None else None
+
+
+def _version_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("mqtt_version") if callspec is not None else None
+
+
+def canonical_test_id(item: pytest.Item) -> str:
+    """The item's id without the broker and MQTT version parameters: the same check on every broker."""
+    base = item.nodeid.split("[", 1)[0]
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return base
+    mine = [callspec.params[name].id if name == "broker" else markers.VERSION_IDS[callspec.params[name]]
+            for name in ("broker", "mqtt_version") if name in callspec.params]
+    rest = list(getattr(callspec, "_idlist", ()))
+    for ident in mine:
+        if ident in rest:
+            rest.remove(ident)
+    return f"{base}[{'-'.join(rest)}]" if rest else base
+
+
+def _limit_keys(item: pytest.Item) -> list[str]:
+    name = getattr(item, "originalname", item.name)
+    area = Path(str(item.path)).stem
+    return [name, f"{area}::{name}", canonical_test_id(item),
+            *markers.statement_ids(item.iter_markers("spec"), _version_of(item))]
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if not is_suite_item(item):
+        return
+    test = item.stash[_TEST] = RunningTest()
+    spec = _spec_of(item)
+    if spec is None:
+        return
+    broker = test.broker = _state(item.config).pool.get(spec)  # starts it on first use; BrokerError = test error
+    reason = markers.skip_reason(broker, markers.required(item.iter_markers("requires")), _version_of(item))
+    if reason is not None:
+        pytest.skip(reason)
+    test.log_mark = len(broker.logs())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not is_suite_item(pyfuncitem):
+        return None
+    timeout = _timeout(pyfuncitem)
+    func = pyfuncitem.obj
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    try:
+        if inspect.iscoroutinefunction(func):
+            asyncio.run(_run_async(func, kwargs, timeout, pyfuncitem.stash.get(_TEST, None)))
+        else:
+            with _alarm(timeout, enabled=not pyfuncitem.config.pluginmanager.hasplugin("timeout")):
+                func(**kwargs)
+    except SuiteTimeout as exc:
+        timed_out = str(exc)
+    else:
+        return True
+    pytest.fail(timed_out, pytrace=False)
+
+
+def _own_timer(item: pytest.Item) -> bool:
+    """Coroutine suite tests get their time limit inside their event loop (so clients close cleanly)."""
+    return is_suite_item(item) and inspect.iscoroutinefunction(getattr(item, "obj", None))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
+    """pytest-timeout: leave coroutine suite tests to our timer (its SIGALRM would tear through the loop)."""
+    return True if _own_timer(item) else None
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    return True if _own_timer(item) else None
+
+
+class SuiteTimeout(AssertionError):
+    """The whole test took longer than its time limit."""
+
+
+def _timeout(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("timeout")
+    if mark is not None and mark.args:
+        return float(mark.args[0])
+    return float(item.config.getoption("mqtt_timeout"))
+
+
+async def _run_async(func, kwargs: dict[str, Any], timeout: float, test: RunningTest | None) -> None:
+    """Run a coroutine test in this fresh loop under its time limit; close its clients in the same loop."""
+    try:
+        async with asyncio.timeout(timeout) as limit:
+            await func(**kwargs)
+    except TimeoutError as exc:
+        if limit.expired():
+            raise SuiteTimeout(f"test did not finish within its time limit of {timeout:g}s (raise it with "
+                               f"@pytest.mark.timeout(SECONDS) or --mqtt-timeout){_waiting_at(exc, func)}") from None
+        raise
+    finally:
+        if test is not None and test.factory is not None:
+            await test.factory.close_all()
+
+
+def _waiting_at(exc: TimeoutError, func) -> str:
+    """ "; it was waiting at test_x.py:12: await ..." from the cancelled test's traceback: where it hung."""
+    tb = exc.__cause__.__traceback__ if exc.__cause__ is not None else None
+    filename, where = func.__code__.co_filename, ""
+    for frame, lineno in traceback.walk_tb(tb):
+        if frame.f_code.co_filename == filename:
+            line = linecache.getline(filename, lineno).strip()
+            where = f"; it was waiting at {Path(filename).name}:{lineno}: {line}"
+    return where
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float, enabled: bool):
+    """Time limit for a plain (non-async) suite test: SIGALRM, when we are the main thread and pytest-timeout,
+    which uses the same signal, is not doing it already."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise SuiteTimeout(f"test did not finish within {seconds:g}s (its overall limit)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    test = item.stash.get(_TEST, None) if is_suite_item(item) else None
+    if test is None:
+        return (yield)
+    failed = call.excinfo is not None and not call.excinfo.errisinstance(pytest.skip.Exception)
+    if failed and not test.failed:
+        test.failed = True
+        error = call.excinfo.value
+        if hasattr(error, "expected") and hasattr(error, "actual"):  # harness.expect.ExpectationFailed
+            test.expected, test.actual = error.expected, list(error.actual)
+        shown = getattr(error, "client_name", None)  # an ExpectationFailed already shows this client's log
+        others = [c for c in test.factory.clients if c.name != shown] if test.factory is not None else []
+        if others:
+            item.add_report_section(call.when, "packet logs" + (" of the other clients" if shown else ""),
+                                    format_logs(others))
+        excerpt = _broker_log(test)
+        if excerpt:
+            item.add_report_section(call.when, f"broker log ({test.broker.name})", excerpt)
+    report = yield
+    report.mqtt_harness = _payload(item, test, last=call.when == "teardown")
+    return report
+
+
+def _broker_log(test: RunningTest) -> str:
+    if test.broker is None:
+        return ""
+    text = test.broker.logs()[test.log_mark:]
+    return text if len(text) <= MAX_BROKER_LOG else "[...]\n" + text[-MAX_BROKER_LOG:]
+
+
+def _payload(item: pytest.Item, test: RunningTest, last: bool) -> dict[str, Any]:
+    spec, version = _spec_of(item), _version_of(item)
+    payload: dict[str, Any] = {
+        "test": canonical_test_id(item), "area": Path(str(item.path)).stem, "broker": spec.id if spec else None,
+        "mqtt_version": version, "statements": markers.statement_ids(item.iter_markers("spec"), version),
+    }
+    if last:
+        clients = test.factory.clients if test.factory is not None else []
+        payload["broker_info"] = test.broker.info() if test.broker is not None else None
+        payload["artifacts"] = {
+            "clients": client_logs(clients, raw=test.failed),
+            "broker_log": (_broker_log(test) or None) if test.failed else None,
+            "expected": test.expected, "actual": test.actual,
+        }
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+class ReportHooks:
+    """Collects results and writes the reports; registered in the controlling process only (not in xdist
+    workers, which send their reports to it)."""
+
+    _SHOWN = {"passed": "PASS ", "failed": "FAIL ", "error": "ERROR", "skipped": "SKIP ", "xfailed": "XFAIL",
+              "xpassed": "XPASS"}
+
+    def __init__(self, state: PluginState):
+        self.state = state
+        self.paths: dict[str, Path] = {}
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.state.collector.add_collect_error(report)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        result = self.state.collector.add_report(report)
+        if result is not None and self.state.config.getoption("mqtt_progress"):
+            self._progress(result)
+
+    def _progress(self, result) -> None:
+        line = (f"[{len(self.state.collector.results):>4}] {self._SHOWN[result.outcome]} "
+                f"{result.broker or '-':<20} {result.mqtt_version or '-':<5} {result.test}")
+        if result.outcome != "passed" and result.reason:
+            line += f"\n         {result.reason[:200]}"
+        reporter = self.state.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None:
+            print(line, flush=True)
+            return
+        reporter.ensure_newline()
+        reporter.write_line(line, red=result.outcome in ("failed", "error"), green=result.outcome == "passed")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        report_dir = session.config.getoption("report_dir")
+        if report_dir is None:
+            return
+        from harness.report import write_reports
+
+        specs = self.state._specs or []
+        notes = {s.id: [f"chosen by default: {s.chosen_because}"] for s in specs if s.chosen_because}
+        self.paths = write_reports(self.state.collector.report(notes), report_dir)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.paths:
+            terminalreporter.write_sep("-", "mqtt-harness reports")
+            for path in self.paths.values():
+                terminalreporter.write_line(str(path))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(_STATE, None)
+    if state is not None:
+        for error in state.pool.stop_all():
+            warnings.warn(f"mqtt-harness: stopping broker {error}", stacklevel=1)
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest) -> BrokerUnderTest:
+    """The broker under test (one per --broker; started once per session and test process)."""
+    return _state(request.config).pool.get(request.param)
+
+
+@pytest.fixture
+def mqtt_version(request: pytest.FixtureRequest) -> str:
+    """The MQTT version this test runs at: "3.1.1" or "5" (see v5_only / v311_only)."""
+    return request.param
+
+
+@pytest.fixture
+def client_factory(request: pytest.FixtureRequest, broker: BrokerUnderTest, mqtt_version: str) -> ClientFactory:
+    """`await client_factory(kind="mqtt", version=None, **client_kwargs)` -> a connected harness.client.Client;
+    closed after the test, its packet log attached to the test's report."""
+    factory = ClientFactory(broker, mqtt_version, timeout=request.config.getoption("wait_timeout"))
+    request.node.stash[_TEST].factory = factory
+    return factory
+
+
+@pytest.fixture
+def topic(request: pytest.FixtureRequest) -> str:
+    """A topic prefix no other test (or run, or xdist worker) uses: "mh/<run>/<test hash>/"."""
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+    return f"mh/{_state(request.config).run_token}/{digest}/"
+
+
+@pytest.fixture(scope="session")
+def pki(request: pytest.FixtureRequest):
+    """The harness test PKI (harness.pki.Pki): CA, client certificates and deliberately broken ones. Managed
+    brokers serve certificates from it."""
+    return _state(request.config).pool.pki
+
+
+@pytest.fixture(scope="session")
+def certs(pki):
+    """Another name for `pki`."""
+    return pki
+
+
+@pytest.fixture
+def keepalive_seconds(request: pytest.FixtureRequest) -> int:
+    """The keepalive (seconds) keepalive tests use (--keepalive-seconds)."""
+    return request.config.getoption("keepalive_seconds")

@@ -1,0 +1,157 @@
+"""Turns pytest's per-phase test reports into report Results (in the controlling process, also under xdist).
+
+Worker processes attach a `mqtt_harness` dict to each report of a suite test (xdist carries report attributes to
+the controller); this module only reads those and pytest's own report fields.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import re
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import harness
+from harness.report.model import (
+    ERROR, FAILED, PASSED, SKIPPED, XFAILED, XPASSED, Artifacts, BrokerInfo, ClientLog, Report, Result, RunInfo,
+)
+
+MAX_FAILURE_TEXT = 30_000
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class ResultCollector:
+    """Accumulates results and broker facts for one run."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.started = now_iso()
+        self.began = time.monotonic()
+        self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+        self.results: dict[str, Result] = {}
+        self.brokers: dict[str, BrokerInfo] = {}
+        self.workers: set[str] = set()
+        self.reruns: dict[str, int] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+
+    def add_collect_error(self, report: pytest.CollectReport) -> None:
+        text = report.longreprtext
+        self.results[report.nodeid] = Result(
+            test=report.nodeid, nodeid=report.nodeid, area=Path(report.nodeid.split("::")[0]).stem, broker=None,
+            mqtt_version=None, outcome=ERROR, reason=_first_line(text) or "collection error",
+            artifacts=Artifacts(failure=text[:MAX_FAILURE_TEXT]))
+
+    def add_report(self, report: pytest.TestReport) -> Result | None:
+        """Feed one phase report; returns the Result when the test's last phase (teardown) arrived."""
+        payload = getattr(report, "mqtt_harness", None)
+        if payload is None:
+            return None
+        node = getattr(report, "node", None)
+        if node is not None:
+            self.workers.add(str(getattr(node, "gateway", node)))
+        nodeid = report.nodeid
+        if report.outcome == "rerun":
+            self.reruns[nodeid] = self.reruns.get(nodeid, 0) + 1
+            self._pending.pop(nodeid, None)
+            return None
+        state = self._pending.setdefault(nodeid, {"outcome": None, "reason": "", "duration": 0.0, "failure": None})
+        when, xfail = report.when, getattr(report, "wasxfail", None)
+        if when == "setup":
+            if report.failed:
+                state.update(outcome=ERROR, reason=_crash(report), failure=report.longreprtext)
+            elif report.skipped:
+                state.update(outcome=XFAILED if xfail is not None else SKIPPED, reason=xfail or _skip_reason(report))
+        elif when == "call":
+            state["duration"] = report.duration
+            if xfail is not None:
+                state.update(outcome=XFAILED if report.skipped else XPASSED, reason=xfail)
+            elif report.failed:
+                state.update(outcome=FAILED, reason=_crash(report), failure=report.longreprtext)
+            elif report.skipped:
+                state.update(outcome=SKIPPED, reason=_skip_reason(report))
+            else:
+                state["outcome"] = PASSED
+        elif when == "teardown":
+            if report.failed and state["outcome"] in (None, PASSED, SKIPPED, XFAILED):
+                state.update(outcome=ERROR, reason=f"teardown: {_crash(report)}", failure=report.longreprtext)
+            self._pending.pop(nodeid)
+            return self._finish(report, payload, state)
+        return None
+
+    def _finish(self, report: pytest.TestReport, payload: dict[str, Any], state: dict[str, Any]) -> Result:
+        info = payload.get("broker_info")
+        if info:
+            self._add_broker(info)
+        raw = payload.get("artifacts") or {}
+        failure = state["failure"]
+        artifacts = Artifacts(
+            clients=[ClientLog(**c) for c in raw.get("clients", [])],
+            broker_log=raw.get("broker_log"), expected=raw.get("expected"), actual=list(raw.get("actual") or []),
+            failure=failure[:MAX_FAILURE_TEXT] if failure else None)
+        result = Result(
+            test=payload["test"], nodeid=report.nodeid, area=payload["area"], broker=payload["broker"],
+            mqtt_version=payload["mqtt_version"], outcome=state["outcome"] or ERROR,
+            statements=list(payload["statements"]), duration=round(state["duration"], 6), reason=state["reason"],
+            reruns=self.reruns.get(report.nodeid, 0), artifacts=artifacts)
+        self.results[report.nodeid] = result
+        return result
+
+    def _add_broker(self, info: dict[str, Any]) -> None:
+        known = self.brokers.get(info["id"])
+        if known is None:
+            self.brokers[info["id"]] = BrokerInfo(**info)
+            return
+        for kind, urls in info["urls"].items():  # one instance per xdist worker
+            known.urls.setdefault(kind, [])
+            known.urls[kind] += [u for u in urls if u not in known.urls[kind]]
+        known.version = known.version or info["version"]
+
+    def report(self, notes: dict[str, list[str]] | None = None) -> Report:
+        config = self.config
+        rerun_plugin = "pytest-rerunfailures" if config.pluginmanager.hasplugin("rerunfailures") else None
+        max_reruns = int(getattr(config.option, "reruns", 0) or 0)
+        if self.reruns and rerun_plugin is None:
+            rerun_plugin = "unknown plugin"
+        run = RunInfo(
+            id=self.run_id, started=self.started, finished=now_iso(),
+            duration=round(time.monotonic() - self.began, 3), harness_version=harness.__version__,
+            host=socket.gethostname(), platform=platform.platform(), python=sys.version.split()[0],
+            pytest=pytest.__version__, args=[str(a) for a in config.invocation_params.args],
+            workers=len(self.workers), rerun_plugin=rerun_plugin, max_reruns=max_reruns)
+        for broker_id, extra in (notes or {}).items():
+            if broker_id in self.brokers:
+                self.brokers[broker_id].notes += [n for n in extra if n not in self.brokers[broker_id].notes]
+        return Report(run=run, brokers=list(self.brokers.values()), results=list(self.results.values()))
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not set(line) <= set("_=-"):
+            return line[:500]
+    return ""
+
+
+def _crash(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    # "harness.expect.ExpectationFailed: c2: expected ..." -> "ExpectationFailed: c2: expected ..."; pytest.fail()
+    # messages need no "Failed: " in front.
+    line = re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )", "", _first_line(text))
+    return line.removeprefix("Failed: ")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return _first_line(report.longreprtext)
