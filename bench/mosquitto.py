@@ -1,7 +1,8 @@
 """A local mosquitto for benchmarks: the perf lab's mosquitto.conf on a free 127.0.0.1 port, stopped by PID.
 
-A pid file in the results folder lets the next run stop a broker that a crashed run left behind; the PID is
-only signalled if that process's command line names this module's config file.
+Each run's folder gets a pid file naming the broker and the process that started it. A later run stops the
+brokers whose starter is gone (a killed run); the PID is only signalled if that process still runs with the
+config file of that folder, so a reused PID or another run's live broker is never touched.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from bench import perflab
 
 CONFIG_NAME = "bench-mosquitto.conf"
+PIDFILE = "mosquitto.pid"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 ATTEMPTS = 5  # another process may take the free port before mosquitto binds it
@@ -36,24 +38,36 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def reap(pidfile: Path) -> None:
-    """Stop a broker a previous crashed run left behind (recorded in `pidfile`)."""
+def _start_time(pid: int) -> str:
+    """Process start time in clock ticks since boot ('' if gone): tells a live process from a reused PID."""
     try:
-        pid = int(pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def reap(results: Path) -> None:
+    """Stop brokers that runs which are no longer alive left behind under `results`/*/PIDFILE."""
+    for pidfile in Path(results).glob(f"*/{PIDFILE}"):
+        try:
+            broker, owner, owner_start = pidfile.read_text().split()
+            broker_pid, owner_pid = int(broker), int(owner)
+        except (OSError, ValueError):
+            continue
+        if _start_time(owner_pid) == owner_start:
+            continue  # its run is still going
+        if str(pidfile.with_name(CONFIG_NAME)) in _cmdline(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
         pidfile.unlink(missing_ok=True)
-        return
-    if CONFIG_NAME in _cmdline(pid):
-        os.kill(pid, signal.SIGKILL)
-    pidfile.unlink(missing_ok=True)
 
 
 class Mosquitto:
-    """Usage: `with Mosquitto(workdir, pidfile) as broker: ... broker.port, broker.pid`."""
+    """Usage: `with Mosquitto(run_dir) as broker: ... broker.port, broker.pid`. run_dir's parent is reaped first."""
 
-    def __init__(self, workdir: Path, pidfile: Path):
+    def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
-        self.pidfile = Path(pidfile)
+        self.pidfile = self.workdir / PIDFILE
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "mosquitto.log"
@@ -75,14 +89,15 @@ class Mosquitto:
         if exe is None:
             raise SystemExit("mosquitto is not installed: apt-get install mosquitto")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        reap(self.pidfile)
+        reap(self.workdir.parent)
         for _ in range(ATTEMPTS):
             self.port = free_port()
             self.config_path.write_text(self._config(self.port))
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen([exe, "-c", str(self.config_path)], stdout=log, stderr=log,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
-            self.pidfile.write_text(f"{self.proc.pid} {self.config_path}\n")
+            me = os.getpid()
+            self.pidfile.write_text(f"{self.proc.pid} {me} {_start_time(me)}\n")
             if self._wait_listening():
                 return self
             self.stop()
@@ -95,7 +110,7 @@ class Mosquitto:
                 return False  # usually: the port was taken meanwhile
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
+                return self.proc.poll() is None  # not some other process that took the port
             except OSError:
                 time.sleep(0.02)  # polling a port that is not up yet; bounded by the deadline
         return False

@@ -14,7 +14,6 @@ from pathlib import Path
 from bench import perflab
 
 RESULTS = perflab.REPO / "bench" / "results"  # gitignored
-BROKER_PIDFILE = RESULTS / ".mosquitto.pid"  # lets the next run stop a broker a crashed run left behind
 PACKAGES = ("paho-mqtt", "gmqtt", "scapy")
 
 

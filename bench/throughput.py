@@ -47,7 +47,7 @@ def run(sizes, qos_levels, clients, reps: int, run_dir: Path, idle: float = IDLE
     os.environ.update(perflab.subprocess_env())  # the lab driver starts clients with our environment
     bt.PY = sys.executable  # the lab driver's default is its own venv; ours has the same client versions
     rows = []
-    with Mosquitto(run_dir, report.BROKER_PIDFILE) as broker, open(run_dir / "throughput.jsonl", "a") as out:
+    with Mosquitto(run_dir) as broker, open(run_dir / "throughput.jsonl", "a") as out:
         echo(f"mosquitto pid {broker.pid} on 127.0.0.1:{broker.port}, config {broker.config_path}")
         args = SimpleNamespace(host="127.0.0.1", port=broker.port, idle=idle, timeout=timeout,
                                tmpdir=str(run_dir), label="direct")
