@@ -12,6 +12,8 @@ COMMANDS = {
     "sub": "harness.cli_client",
     "brokers": "harness.cli_brokers",
     "certs": "harness.cli_brokers",
+    "run": "harness.cli_run",
+    "report": "harness.cli_report",
 }
 
 

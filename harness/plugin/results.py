@@ -21,13 +21,10 @@ import pytest
 import harness
 from harness.report.model import (
     ERROR, FAILED, PASSED, SKIPPED, XFAILED, XPASSED, Artifacts, BrokerInfo, ClientLog, Report, Result, RunInfo,
+    now_iso,
 )
 
 MAX_FAILURE_TEXT = 30_000
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class ResultCollector:

@@ -7,6 +7,7 @@ Readers accept only the schema version they know; a change that old readers cann
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ PASSED, FAILED, SKIPPED, ERROR, XFAILED, XPASSED = "passed", "failed", "skipped"
 OUTCOMES = (PASSED, FAILED, ERROR, XPASSED, XFAILED, SKIPPED)
 # Outcomes that make a run fail (a strict xfail that passes is reported by pytest as failed).
 FAILING = (FAILED, ERROR)
+
+
+def now_iso() -> str:
+    """The current time as reports write it: ISO 8601, UTC, seconds."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class ReportError(ValueError):

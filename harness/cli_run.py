@@ -1,0 +1,158 @@
+"""`mqtt-harness run`: run the conformance suites against brokers, show progress and a summary, write reports.
+
+It is pytest with the mqtt-harness plugin underneath: `mqtt-harness run --broker X -k retain` is
+`pytest SUITES --broker X -k retain --report-dir reports/<timestamp> --mqtt-progress`, plus the summary table.
+The suites are found at --suites, else $MQTT_HARNESS_SUITES, else the suites/ folder of the checkout this harness
+is installed from (editable installs), else ./suites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import os
+import shlex
+from collections import defaultdict
+from pathlib import Path
+
+from harness.cli import CliError
+from harness.report import FILES, ReportError, load
+from harness.report.model import ERROR, FAILED, OUTCOMES, PASSED, SKIPPED, XFAILED, XPASSED, Report
+
+SUITES_ENV = "MQTT_HARNESS_SUITES"
+CHECKOUT_SUITES = Path(__file__).resolve().parent.parent / "suites"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run the conformance suites against brokers and write reports",
+        description="Run the conformance suites (pytest + the mqtt-harness plugin) and write report.json, "
+                    "report.html and junit.xml. Exit status 1 if any test failed or errored.")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="suite files or folders (default: every suite), e.g. suites/test_smoke.py")
+    p.add_argument("--broker", action="append", default=[], metavar="NAME|URL",
+                   help="broker under test, repeatable: mosquitto, mosquitto:docker, mosquitto:process, nats, ... "
+                        "or URL(s) of a running broker; default: mosquitto (docker where it works)")
+    p.add_argument("-k", metavar="EXPR", help="only tests matching this pytest -k expression")
+    p.add_argument("-m", metavar="EXPR", help="only tests matching this pytest -m marker expression")
+    p.add_argument("-n", metavar="N", help="parallel workers (pytest-xdist): a number or 'auto'; each worker "
+                                           "starts its own brokers")
+    p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    p.add_argument("--mqtt-version", choices=("3.1.1", "5", "all"), default="all")
+    p.add_argument("--report-dir", type=Path, metavar="DIR",
+                   help="where the reports go (default: reports/<UTC timestamp> under the current directory)")
+    p.add_argument("--suites", type=Path, metavar="DIR", help=f"suites folder (default: ${SUITES_ENV}, the "
+                                                               "checkout's suites/, or ./suites)")
+    tls = p.add_argument_group("URL brokers (TLS and credentials)")
+    tls.add_argument("--ca", metavar="PEM")
+    tls.add_argument("--cert", metavar="PEM")
+    tls.add_argument("--key", metavar="PEM")
+    tls.add_argument("--username")
+    tls.add_argument("--password")
+    tls.add_argument("--mtls-url", metavar="URL", help="listener that requires client certificates")
+    tls.add_argument("--known-limits", type=Path, metavar="YAML",
+                     help="known limits of brokers: {broker: {test or statement ID: reason}} (strict xfail)")
+    timing = p.add_argument_group("timing")
+    timing.add_argument("--keepalive-seconds", type=int, metavar="N")
+    timing.add_argument("--mqtt-timeout", type=float, metavar="SECONDS", help="time limit of each test")
+    timing.add_argument("--wait-timeout", type=float, metavar="SECONDS", help="default wait for a packet")
+    p.add_argument("--pytest", metavar="ARGS", default="", help="more pytest arguments, quoted: --pytest '--lf -v'")
+    p.set_defaults(func=cmd_run)
+
+
+def find_suites(explicit: Path | None) -> Path:
+    candidates = [explicit] if explicit else [Path(os.environ[SUITES_ENV])] if os.environ.get(SUITES_ENV) else [
+        CHECKOUT_SUITES, Path.cwd() / "suites"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    shown = ", ".join(str(p) for p in candidates)
+    raise CliError(f"no suites folder at {shown}; pass --suites DIR or set {SUITES_ENV}")
+
+
+def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
+    suites = find_suites(args.suites)
+    argv = [str(p) for p in args.paths] or [str(suites)]
+    # The plugin prints one line per result; pytest's own terminal output would interleave with it.
+    argv += ["-p", "no:terminal", "--mqtt-progress", "--report-dir", str(report_dir),
+             "--mqtt-version", args.mqtt_version]
+    for broker in args.broker:
+        argv += ["--broker", broker]
+    for option in ("k", "m"):
+        if getattr(args, option):
+            argv += [f"-{option}", getattr(args, option)]
+    if args.n:
+        if importlib.util.find_spec("xdist") is None:
+            raise CliError("-n needs pytest-xdist: .venv/bin/pip install pytest-xdist")
+        argv += ["-n", args.n]
+    if args.exitfirst:
+        argv.append("-x")
+    for name in ("ca", "cert", "key", "username", "password", "mtls_url", "known_limits", "keepalive_seconds",
+                 "mqtt_timeout", "wait_timeout"):
+        value = getattr(args, name)
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv + shlex.split(args.pytest)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+
+    from harness.plugin.brokers import BrokerSpecError, default_broker, parse_broker
+
+    try:
+        specs = [parse_broker(b) for b in args.broker] or [default_broker()]
+    except BrokerSpecError as exc:
+        raise CliError(str(exc)) from None
+    report_dir = args.report_dir or Path("reports") / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    argv = pytest_args(args, report_dir)
+    for spec in specs:
+        why = f" ({spec.chosen_because})" if spec.chosen_because else ""
+        print(f"broker under test: {spec.id}{why}")
+    print(f"pytest {' '.join(shlex.quote(a) for a in argv)}\n", flush=True)
+    code = int(pytest.main(argv))
+    try:
+        report = load(report_dir / FILES["json"])
+    except ReportError:
+        report = None  # pytest stopped before writing it (usage error, interrupted): its message is above
+    if report is None:
+        return code or 1
+    print()
+    print(summary_table(report))
+    print(f"\nreports: {report_dir / FILES['html']}\n         {report_dir / FILES['json']}\n"
+          f"         {report_dir / FILES['junit']}")
+    if report.failed:
+        return code or 1
+    return code
+
+
+def summary_table(report: Report) -> str:
+    """Areas as rows, brokers as columns, outcome counts in the cells; collection errors listed below."""
+    brokers = [b.id for b in report.brokers]
+    cells: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: dict.fromkeys(OUTCOMES, 0)))
+    for result in report.results:
+        if result.broker:
+            cells[result.area][result.broker][result.outcome] += 1
+            cells["TOTAL"][result.broker][result.outcome] += 1
+    order = sorted(a for a in cells if a != "TOTAL") + (["TOTAL"] if cells else [])
+    rows = [["area", *brokers]] + [[area, *(_cell(cells[area][b]) for b in brokers)] for area in order]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if len(lines) > 3:
+        lines.insert(len(lines) - 1, lines[1])
+    errors = [r for r in report.results if not r.broker]
+    for result in errors:
+        lines.append(f"collection error: {result.nodeid}: {result.reason}")
+    if report.run.rerun_plugin:
+        lines.append(f"reruns were enabled ({report.run.rerun_plugin}, up to {report.run.max_reruns} per test); "
+                     f"{sum(r.reruns for r in report.results)} reruns happened")
+    return "\n".join(lines)
+
+
+def _cell(counts: dict[str, int]) -> str:
+    short = {PASSED: "passed", FAILED: "failed", ERROR: "errors", SKIPPED: "skipped", XFAILED: "xfailed",
+             XPASSED: "xpassed"}
+    text = ", ".join(f"{counts[o]} {short[o]}" for o in OUTCOMES if counts[o])
+    return text or "-"
