@@ -3,7 +3,7 @@ packet log.
 
     pub_ack = await expect_packet(client, Puback, packet_id=1)
     msg = await expect_packet(sub, Publish, topic=topic + "a", qos=1, payload=b"x")
-    await expect_nothing(sub)             # no PUBLISH (or DISCONNECT) arrived, proven by a PINGREQ barrier
+    await expect_nothing(sub, after=pub)  # no PUBLISH (or DISCONNECT) arrived: PINGREQ barriers, no sleeping
     reason = await expect_closed(client)  # the broker closed the connection
 
 Each function reads the client's packet log (so the client must keep one: the default) from a position it keeps
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from harness.client import Client
 from harness.core.codec import summary
@@ -86,10 +86,16 @@ async def expect_packet(client: Client, kind: type, match: Callable[[Any], bool]
 
 
 async def expect_nothing(client: Client, kinds: tuple[type, ...] = UNSOLICITED, *,
-                         timeout: float | None = None) -> None:
+                         after: Client | Iterable[Client] = (), timeout: float | None = None) -> None:
     """Assert that the broker sent none of `kinds` since the last expectation, up to now: a PINGREQ is sent and
-    everything the broker sent before its PINGRESP is checked (no sleeping). Undecodable bytes count too."""
+    everything the broker sent before its PINGRESP is checked (no sleeping). Undecodable bytes count too.
+
+    `after`: clients whose packets sent so far (e.g. a PUBLISH that must not arrive here) the broker must have
+    handled first. Each one pings before `client` does: a broker answers a connection's packets in order, but
+    packets of different connections may be handled in any order."""
     __tracebackhide__ = True
+    for other in [after] if isinstance(after, Client) else after:
+        await other.ping(timeout=timeout)
     shown = "/".join(k.__name__.upper() for k in kinds)
     start = _cursors.get(client, 0)
     sent_at = len(_entries(client))

@@ -31,4 +31,4 @@ async def test_no_delivery_outside_the_filter(client_factory, topic):
     pub = await client_factory()
     await sub.subscribe(topic + "a/+")
     await pub.publish(topic + "b/x", b"not for you")
-    await expect_nothing(sub)
+    await expect_nothing(sub, after=pub)  # pub's PUBLISH was handled before sub's barrier

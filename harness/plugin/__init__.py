@@ -418,6 +418,19 @@ class ReportHooks:
     def __init__(self, state: PluginState):
         self.state = state
         self.paths: dict[str, Path] = {}
+        self.total = 0  # tests to run, for the progress lines
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.total = len(session.items)
+        reporter = session.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None and any(is_suite_item(item) for item in session.items):
+            for spec in self.state.specs():
+                why = f" (chosen by default: {spec.chosen_because})" if spec.chosen_because else ""
+                reporter.write_line(f"mqtt-harness: broker under test {spec.id}{why}")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        self.total = len(ids)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -429,10 +442,12 @@ class ReportHooks:
             self._progress(result)
 
     def _progress(self, result) -> None:
-        line = (f"[{len(self.state.collector.results):>4}] {self._SHOWN[result.outcome]} "
+        done = len(self.state.collector.results)
+        width = len(str(self.total or done))
+        line = (f"[{done:>{width}}/{self.total or '?'}] {self._SHOWN[result.outcome]} "
                 f"{result.broker or '-':<20} {result.mqtt_version or '-':<5} {result.test}")
         if result.outcome != "passed" and result.reason:
-            line += f"\n         {result.reason[:200]}"
+            line += f"\n{' ' * (2 * width + 4)}{result.reason[:200]}"
         reporter = self.state.config.pluginmanager.getplugin("terminalreporter")
         if reporter is None:
             print(line, flush=True)
