@@ -6,6 +6,8 @@ import pytest
 
 from harness.broker import LISTENER_KINDS, BrokerUnavailable
 from harness.pki import Pki, generate_pki
+from harness.proxy.fixtures import proxy  # noqa: F401
+import strategies  # noqa: F401,E402 - registers the hypothesis profiles before --hypothesis-profile is read
 
 
 @pytest.fixture(scope="session")

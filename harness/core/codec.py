@@ -391,6 +391,8 @@ def _check_property_value(r: _Reader, name: str, v, where: str):
         bad = "must not be 0"
     elif name == "subscription_identifier" and v == 0:
         bad = "must not be 0"
+    elif name == "response_topic" and ("+" in v or "#" in v):
+        r.fail("response_topic_wildcard", f"response_topic {v!r} in {where} contains a wildcard", 0x82)
     elif name == "topic_alias" and v == 0:
         r.fail("topic_alias_zero", f"topic_alias=0 in {where}", 0x82)
     if bad:
@@ -481,9 +483,13 @@ def _decode_connack(r: _Reader, flags: int) -> Connack:
     if ack_reserved:
         r.fail("connack_reserved", f"CONNACK acknowledge flags reserved bits are set (0x{ack:02X})")
     code = r.u8("return code")
-    props = {}
     if r.version >= MQTT_5:
         _check_reason(r, 2, code)
+    if code and session_present:
+        r.fail("connack_session_present_refused", f"CONNACK refuses the connection (0x{code:02X}) "
+               "but has Session Present 1", 0x82)
+    props = {}
+    if r.version >= MQTT_5:
         props = decode_properties(r, P.CONNACK)
     r.done("CONNACK")
     return Connack(session_present, code, props)

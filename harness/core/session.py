@@ -272,6 +272,7 @@ class ClientSession:
         self.state = State.DISCONNECTED
         self.ping_sent_at = None
         self.incoming_unacked.clear()
+        self.requests.clear()  # an unanswered SUBSCRIBE/UNSUBSCRIBE is not resent: free its packet id
         # Bytes never written belong to the dead connection: the next one must start with
         # CONNECT [MQTT-3.1.0-1], and the flows they carried are resent on resume.
         self._out.clear()
@@ -309,7 +310,9 @@ class ClientSession:
                 self.release(p.packet_id, now)
         elif t == 6:
             if not self.config.manual_acks:
-                self.complete(p.packet_id, now)
+                unknown = p.packet_id not in self.incoming_qos2 and self.version >= MQTT_5
+                self.incoming_qos2.discard(p.packet_id)
+                self._send(Pubcomp(p.packet_id, 0x92 if unknown else 0), now)  # 0x92: Packet Identifier not found
         elif t == 2:
             self._on_connack(p, now)
         elif t == 13:

@@ -43,6 +43,8 @@ REFS: dict[str, tuple[str, str]] = {
     "reason_code": ("§2.4", "§2.4"),
     "packet_too_large": ("§2.2.3", "MQTT-3.1.2-24"),  # we decode as the client
     "topic_alias_zero": ("", "MQTT-3.3.2-8"),
+    "response_topic_wildcard": ("", "MQTT-3.3.2-14"),
+    "connack_session_present_refused": ("MQTT-3.2.2-4", "MQTT-3.2.2-6"),
     "unexpected_ack": ("§4.3", "§4.3"),
     "sub_ack_id": ("MQTT-2.3.1-7", "MQTT-2.2.1-6"),
     "suback_count": ("MQTT-3.8.4-5", "MQTT-3.8.4-6"),
