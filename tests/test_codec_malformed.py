@@ -385,6 +385,8 @@ def _with_reason(t: PacketType, code: int):
         packet.reason_codes = [0, code]
     else:
         packet.reason_code = code
+    if t == PacketType.CONNACK and code:
+        packet.session_present = False  # a refusal must not claim a session [MQTT-3.2.2-6]
     return packet
 
 
@@ -529,3 +531,14 @@ def _mutated(draw, version: int) -> bytes:
 @given(data=st.data(), sizes=CHUNKS)
 def test_fuzz_mutated_valid_packets(version, data, sizes):
     _feed_all(version, data.draw(_mutated(version)), sizes)
+
+
+@pytest.mark.parametrize("version", [MQTT_3_1_1, MQTT_5])
+def test_refused_connack_with_session_present(version):
+    rejects(encode(Connack(True, 0x05 if version < MQTT_5 else 0x87), version), version,
+            "connack_session_present_refused")
+
+
+def test_response_topic_with_wildcard():
+    rejects(encode(Publish("a", b"", properties={"response_topic": "r/+"}), MQTT_5), MQTT_5,
+            "response_topic_wildcard")
