@@ -14,6 +14,7 @@ COMMANDS = {
     "certs": "harness.cli_brokers",
     "run": "harness.cli_run",
     "report": "harness.cli_report",
+    "proxy": "harness.cli_proxy",
 }
 
 
