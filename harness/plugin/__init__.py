@@ -154,15 +154,32 @@ def _read_limits(path: Path | None) -> dict[str, dict[str, str]]:
     return {str(broker): {str(k): str(v) for k, v in limits.items()} for broker, limits in data.items()}
 
 
+def _ours(fixturedefs) -> bool:
+    """Is the fixture a test gets under this name the plugin's own (not a conftest's, nor a parameter)?"""
+    return bool(fixturedefs) and getattr(fixturedefs[-1].func, "__module__", None) == __name__
+
+
 def is_suite_item(item: pytest.Item) -> bool:
-    return any(name in getattr(item, "fixturenames", ()) for name in SUITE_FIXTURES)
+    """A test that uses the plugin's fixtures; every other test is left alone."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(_ours(info.name2fixturedefs.get(name)) for name in SUITE_FIXTURES)
+
+
+def _suite_names(metafunc: pytest.Metafunc) -> set[str]:
+    """The plugin fixtures this test function uses (a name it parametrizes itself does not count)."""
+    direct = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        direct.update(n.strip() for n in (names.split(",") if isinstance(names, str) else names))
+    return {name for name in SUITE_FIXTURES if name in metafunc.fixturenames and name not in direct
+            and _ours(metafunc._arg2fixturedefs.get(name))}
 
 
 # ------------------------------------------------------------------------------------------------ collection
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    names = metafunc.fixturenames
-    if not any(name in names for name in SUITE_FIXTURES):
+    names = _suite_names(metafunc)
+    if not names:
         return
     state = _state(metafunc.config)
     definition = metafunc.definition

@@ -77,8 +77,8 @@ def required(markers: Iterable) -> dict[str, bool]:
 
 def skip_reason(broker: BrokerUnderTest, wanted: dict[str, bool], version: str | None) -> str | None:
     """Why this test cannot run on `broker` (naming the missing capability and where that is known from), or None."""
-    if version is not None:
-        wanted = {**wanted, "v5" if version == "5" else "v311": True}
+    if version is not None:  # the version comes first: nothing else matters on a broker that does not speak it
+        wanted = {"v5" if version == "5" else "v311": True, **wanted}
     for name, state in wanted.items():
         req = REQUIREMENTS[name]
         if req.check(broker) == state:
