@@ -1,0 +1,175 @@
+"""Reports without brokers: the JSON model and its schema, JUnit XML, merge, diff, and the report CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness.cli import main
+from harness.cli_run import summary_table
+from harness.report import junit, load, save, write_reports
+from harness.report.compare import diff, merge
+from harness.report.model import Artifacts, BrokerInfo, ClientLog, Report, ReportError, Result, RunInfo
+from harness.report.validate import validate
+
+
+def result(test: str, broker: str, outcome: str, version: str | None = "5", **kw) -> Result:
+    area = test.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return Result(test=test, nodeid=f"{test}[{broker}]", area=area, broker=broker, mqtt_version=version,
+                  outcome=outcome, **kw)
+
+
+def make_report(run_id: str, brokers: list[str], results: list[Result]) -> Report:
+    return Report(run=RunInfo(id=run_id, started=f"2026-01-0{len(run_id)}T00:00:00+00:00"),
+                  brokers=[BrokerInfo(id=b, name=b, backend="process", urls={"mqtt": [f"mqtt://127.0.0.1:{n}"]})
+                           for n, b in enumerate(brokers, 1883)],
+                  results=results)
+
+
+@pytest.fixture
+def sample() -> Report:
+    failing = result("suites/test_pub.py::test_qos1", "mosquitto-process", "failed", reason="ExpectationFailed: c1",
+                     statements=["MQTT-3.3.4-1"], duration=0.25, artifacts=Artifacts(
+                         clients=[ClientLog("c1", "mh-1-1", "mqtt://127.0.0.1:1883", "5", [
+                             {"t": 0.0, "dir": "out", "conn": 1, "packet": "CONNECT(...)", "error": None, "raw": "10"},
+                             {"t": 0.1, "dir": "in", "conn": 1, "packet": None, "error": "bad <byte>", "raw": "ff"}])],
+                         broker_log="New client connected\n", expected="PUBLISH(qos=1)", actual=["PUBLISH(qos=0)"],
+                         failure="Traceback <&>\x07"))
+    return make_report("r1", ["mosquitto-process", "nats-process"], [
+        failing,
+        result("suites/test_pub.py::test_qos1", "nats-process", "skipped", reason="lacks MQTT 5 [v5]"),
+        result("suites/test_pub.py::test_qos0", "mosquitto-process", "passed", statements=["MQTT-3.3.1-1"]),
+        result("suites/test_pub.py::test_qos0", "nats-process", "xfailed", version="3.1.1", reason="known limit"),
+        Result(test="suites/test_bad.py", nodeid="suites/test_bad.py", area="test_bad", broker=None,
+               mqtt_version=None, outcome="error", reason="unknown OASIS statement ID"),
+    ])
+
+
+def test_json_round_trip_is_valid_against_the_schema(sample, tmp_path):
+    path = save(sample, tmp_path / "report.json")
+    data = json.loads(path.read_text())
+    assert validate(data) == []
+    assert data["summary"] == {"total": 5, "outcomes": {"passed": 1, "failed": 1, "error": 1, "xpassed": 0,
+                                                        "xfailed": 1, "skipped": 1},
+                               "by_broker": {"mosquitto-process": {"passed": 1, "failed": 1, "error": 0, "xpassed": 0,
+                                                                   "xfailed": 0, "skipped": 0},
+                                             "nats-process": {"passed": 0, "failed": 0, "error": 0, "xpassed": 0,
+                                                              "xfailed": 1, "skipped": 1}}}
+    assert load(path) == sample
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda d: d["results"][0].update(outcome="flaky"), "$.results[0].outcome: 'flaky' is not one of"),
+    (lambda d: d["results"][0].pop("statements"), "$.results[0]: missing 'statements'"),
+    (lambda d: d["results"][0].update(statements=["3.3.1-1"]), "does not match"),
+    (lambda d: d["brokers"][0].update(extra=1), "$.brokers[0]: unexpected field 'extra'"),
+    (lambda d: d["run"].update(workers=-1), "$.run.workers: -1 is below the minimum 0"),
+    (lambda d: d["results"][0]["artifacts"]["clients"][0]["packets"][0].update(dir="up"), "'up' is not one of"),
+])
+def test_schema_violations_are_named(sample, change, problem):
+    data = sample.to_dict()
+    change(data)
+    assert any(problem in p for p in validate(data)), validate(data)
+
+
+def test_loading_names_the_file_and_the_problem(sample, tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("{not json")
+    with pytest.raises(ReportError, match=r"report.json: not a JSON report"):
+        load(path)
+    data = sample.to_dict()
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=r"report schema version 99; this harness reads version 1"):
+        load(path)
+    data = sample.to_dict()
+    del data["run"]["host"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=r"invalid report: \$.run: missing 'host'"):
+        load(path)
+
+
+def test_junit_xml(sample):
+    root = ET.fromstring(junit.render(sample))
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("5", "1", "1", "2")
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert set(suites) == {"mosquitto-process", "nats-process", "collection"}
+    case = suites["mosquitto-process"].find("testcase[@name='test_qos1[MQTT 5]']")
+    assert case.get("classname") == "mosquitto-process.test_pub"
+    assert case.find("failure").get("message") == "ExpectationFailed: c1"
+    assert case.find("failure").text == "Traceback <&>"  # the control character is dropped: not valid XML
+    assert case.find("properties/property").get("value") == "MQTT-3.3.4-1"
+    assert suites["nats-process"].find("testcase/skipped").get("message") == "lacks MQTT 5 [v5]"
+
+
+def test_merge_combines_brokers_and_later_runs_win(sample):
+    later = make_report("r22", ["mosquitto-process", "amqtt-process"], [
+        result("suites/test_pub.py::test_qos1", "mosquitto-process", "passed"),
+        result("suites/test_pub.py::test_qos1", "amqtt-process", "passed"),
+    ])
+    later.brokers[0].urls = {"mqtt": ["mqtt://127.0.0.1:9999"]}
+    merged = merge([("a/report.json", sample), ("b/report.json", later)])
+    assert [b.id for b in merged.brokers] == ["mosquitto-process", "nats-process", "amqtt-process"]
+    assert merged.brokers[0].urls["mqtt"] == ["mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:9999"]
+    outcomes = {(r.test, r.broker, r.mqtt_version): r.outcome for r in merged.results}
+    assert outcomes[("suites/test_pub.py::test_qos1", "mosquitto-process", "5")] == "passed"
+    assert len(merged.results) == 6
+    assert [m["run"] for m in merged.run.merged_from] == ["r1", "r22"]
+    assert validate(merged.to_dict()) == []
+    assert sample.brokers[0].urls["mqtt"] == ["mqtt://127.0.0.1:1883"]  # inputs untouched
+
+
+def test_diff_finds_regressions_and_fixes(sample):
+    new = copy.deepcopy(sample)
+    by_key = {(r.test.split("::")[-1], r.broker): r for r in new.results}
+    by_key[("test_qos1", "mosquitto-process")].outcome = "passed"  # fixed
+    by_key[("test_qos0", "mosquitto-process")].outcome = "error"  # regressed
+    by_key[("test_qos1", "nats-process")].outcome = "passed"  # skipped -> passed: another change
+    new.results.append(result("suites/test_pub.py::test_new", "nats-process", "failed", reason="boom"))
+    changes = diff(sample, new)
+    assert [c.line() for c in changes.regressions] == [
+        "mosquitto-process: suites/test_pub.py::test_qos0 [MQTT 5]: passed -> error"]
+    assert [(c.test, c.old, c.new) for c in changes.fixes] == [("suites/test_pub.py::test_qos1", "failed", "passed")]
+    assert [c.line() for c in changes.new_failures] == [
+        "nats-process: suites/test_pub.py::test_new [MQTT 5]: absent -> failed (boom)"]
+    assert [(c.broker, c.old, c.new) for c in changes.other] == [("nats-process", "skipped", "passed")]
+    assert diff(sample, sample).regressions == []
+
+
+def test_report_cli_merge_diff_render_validate(sample, tmp_path, capsys):
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    write_reports(sample, old_dir)
+    regressed = copy.deepcopy(sample)
+    regressed.results[2].outcome = "failed"
+    write_reports(regressed, new_dir)
+
+    assert main(["report", "diff", str(old_dir), str(new_dir / "report.json")]) == 1
+    assert "regressions: 1\n  mosquitto-process: suites/test_pub.py::test_qos0 [MQTT 5]: passed -> failed" in \
+        capsys.readouterr().out
+    assert main(["report", "diff", str(old_dir), str(old_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["regressions"] == []
+
+    assert main(["report", "merge", str(old_dir), str(new_dir), "-o", str(tmp_path / "merged")]) == 0
+    assert "merged 2 runs: 2 brokers, 5 results" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "merged").iterdir()} == {"report.json", "report.html", "junit.xml"}
+
+    (old_dir / "report.html").unlink()
+    assert main(["report", "render", str(old_dir / "report.json")]) == 0
+    assert (old_dir / "report.html").is_file()
+    assert main(["report", "validate", str(tmp_path / "merged")]) == 0
+    assert "valid (schema version 1, 5 results)" in capsys.readouterr().out
+
+    (tmp_path / "bad.json").write_text("[]")
+    assert main(["report", "validate", str(tmp_path / "bad.json")]) == 1
+    assert "bad.json: not an mqtt-harness report" in capsys.readouterr().err
+
+
+def test_summary_table_has_areas_as_rows_and_brokers_as_columns(sample):
+    table = summary_table(sample).splitlines()
+    assert table[0].split() == ["area", "mosquitto-process", "nats-process"]
+    assert table[2].startswith("test_pub ") and "1 passed, 1 failed" in table[2] and "1 xfailed, 1 skipped" in table[2]
+    assert table[4].startswith("TOTAL")
+    assert table[-1] == "collection error: suites/test_bad.py: unknown OASIS statement ID"
