@@ -9,7 +9,7 @@ say() { printf '[setup] %s\n' "$*"; }
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(mosquitto mosquitto-clients nats-server docker.io socat python3-venv nodejs npm chromium)
+APT_PACKAGES=(mosquitto mosquitto-clients nats-server docker.io socat python3-venv nodejs npm chromium tshark)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,6 +27,7 @@ class ThreadedProxy:
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
         self._seq = 0
+        self._control = None
         self.proxy.listeners.append(self._notify)
 
     # ------------------------------------------------------------------ lifecycle
@@ -64,6 +65,9 @@ class ThreadedProxy:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or not thread.is_alive():
             return
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
         try:
             asyncio.run_coroutine_threadsafe(self.proxy.close(), loop).result(timeout)
         finally:
@@ -75,6 +79,14 @@ class ThreadedProxy:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def serve_control(self, listen: str = "127.0.0.1:0"):
+        """Start the HTTP control API (harness.proxy.control) for this proxy; it stops with the proxy."""
+        from harness.proxy.control import ControlServer
+
+        if self._control is None:
+            self._control = ControlServer(self.proxy, self._loop, listen).start()
+        return self._control
 
     def call(self, fn: Callable, *args, **kwargs):
         """Run fn(*args, **kwargs) on the proxy's loop and return its result (exceptions propagate)."""
