@@ -99,15 +99,18 @@ def markdown(result: dict) -> str:
 
 
 def targets(result: dict) -> list[dict]:
+    """Ours ÷ struct ≥ paho ÷ struct in the same rep is ours ≥ paho in that rep: judged on the median of
+    those per-rep ratios (a noisy floor moves both alike)."""
     rows, codecs = result["rows"], result["config"]["codecs"]
     if OURS not in codecs or PAHO not in codecs:
         return []
-    ours, paho = report.median(_column(rows, OURS, "vs_floor")), report.median(_column(rows, PAHO, "vs_floor"))
-    per_rep = [o / p for o, p in zip(_column(rows, OURS, "vs_floor"), _column(rows, PAHO, "vs_floor"))]
-    return [{"target": f"codec: {OURS} enc+dec ratio to struct ≥ {PAHO}'s",
-             "measured": f"{report.fnum(ours, 3)} vs {report.fnum(paho, 3)} (ours ÷ paho per rep "
-                         f"{report.spread(per_rep, 2)})",
-             "ratio_median": report.median(per_rep), "met": ours is not None and paho is not None and ours >= paho}]
+    ours, paho = _column(rows, OURS, "vs_floor"), _column(rows, PAHO, "vs_floor")
+    per_rep = [o / p for o, p in zip(ours, paho)]
+    med = report.median(per_rep)
+    return [{"target": f"codec: {OURS} enc+dec ratio to struct ≥ {PAHO}'s (same rep)",
+             "measured": f"{report.spread(ours, 3)} vs {report.spread(paho, 3)}; ours ÷ paho per rep "
+                         f"{report.spread(per_rep, 2)}",
+             "ratio_median": med, "met": med is not None and med >= 1.0}]
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

@@ -3,16 +3,49 @@
   python -m bench.run            full run (3 reps; about 10 minutes on the 2-core lab machine)
   python -m bench.run --quick    smoke run (small N, 1 rep; about 1 minute)
   python -m bench.run --skip codec --reps 5
+  python -m bench.run --render bench/results/<timestamp>   tables and targets again from its results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from bench import codec, report, throughput
 
 PARTS = ("throughput", "codec")
+
+
+def render(results: dict) -> str:
+    """The markdown summary; targets are judged afresh from the raw rows (and stored in `results`)."""
+    results["targets"] = []
+    sections = []
+    if "throughput" in results:
+        results["targets"] += throughput.targets(results["throughput"])
+        sections.append(throughput.markdown(results["throughput"]))
+    if "codec" in results:
+        results["targets"] += codec.targets(results["codec"])
+        sections.append(codec.markdown(results["codec"]))
+    env = results["environment"]
+    head = (f"# mqtt-harness benchmarks, {env['time_utc']}\n\ncommit {env['commit']}"
+            f"{' (+ uncommitted changes in harness/ or bench/)' if env['uncommitted_changes'] else ''}; "
+            f"{env['cpus']} × {env['cpu_model']}; load {' '.join(env['loadavg'])}; Python {env['python']}; "
+            + ", ".join(f"{k} {v}" for k, v in env["packages"].items()))
+    return "\n\n".join([head, "## Targets\n\n" + report.targets_markdown(results["targets"]), *sections])
+
+
+def rerender(run_dir: Path) -> int:
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--render {run_dir}: cannot read {path} ({exc}); give a bench/results/<timestamp> folder")
+    md = render(results)
+    report.write(run_dir, results, md)
+    print(md)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -24,7 +57,11 @@ def main(argv=None) -> int:
     ap.add_argument("--qos", default="0,1,2", help="throughput QoS levels")
     ap.add_argument("--codecs", default=",".join(codec.DEFAULT_CODECS), help="codecs")
     ap.add_argument("--n", type=int, default=None, help="codec packets per op")
+    ap.add_argument("--render", type=Path, metavar="RUN_DIR",
+                    help="re-render an earlier run's summary; measures nothing")
     a = ap.parse_args(argv)
+    if a.render:
+        return rerender(a.render)
     skip = {s for s in a.skip.split(",") if s}
     if skip - set(PARTS):
         raise SystemExit(f"--skip {a.skip!r}: parts are {', '.join(PARTS)}")
@@ -33,22 +70,12 @@ def main(argv=None) -> int:
 
     throughput.stop_on_sigterm()
     run_dir = report.new_run_dir()
-    results: dict = {"environment": report.environment(), "targets": []}
-    sections = []
+    results: dict = {"environment": report.environment()}
     if tp_args:
-        results["throughput"] = tp = throughput.run(*tp_args, run_dir=run_dir)
-        results["targets"] += throughput.targets(tp)
-        sections.append(throughput.markdown(tp))
+        results["throughput"] = throughput.run(*tp_args, run_dir=run_dir)
     if codec_args:
-        results["codec"] = cd = codec.run(*codec_args)
-        results["targets"] += codec.targets(cd)
-        sections.append(codec.markdown(cd))
-    env = results["environment"]
-    head = (f"# mqtt-harness benchmarks, {env['time_utc']}\n\ncommit {env['commit']}"
-            f"{' (+ uncommitted changes in harness/ or bench/)' if env['uncommitted_changes'] else ''}; "
-            f"{env['cpus']} × {env['cpu_model']}; load {' '.join(env['loadavg'])}; Python {env['python']}; "
-            + ", ".join(f"{k} {v}" for k, v in env["packages"].items()))
-    md = "\n\n".join([head, "## Targets\n\n" + report.targets_markdown(results["targets"]), *sections])
+        results["codec"] = codec.run(*codec_args)
+    md = render(results)
     report.write(run_dir, results, md)
     print("\n" + md + f"\n\nwritten to {run_dir}")
     return 0

@@ -135,7 +135,8 @@ def markdown(result: dict) -> str:
            "CPU µs/msg = CPU-seconds ÷ messages, medians."]
     for size, n in cfg["sizes"]:
         out += ["", f"### {size} B payload × {n:,} messages", "",
-                f"| QoS | client | msgs/s | × {REF_GMQTT} | × {REF_PAHO} | lost / dup | CPU µs/msg pub / sub / broker |",
+                f"| QoS | client | msgs/s | × {REF_GMQTT} | × {REF_PAHO} | lost / dup "
+                "| CPU µs/msg pub / sub / broker |",
                 "|---|---|---|---|---|---|---|"]
         for qos in cfg["qos"]:
             key = (size, n, qos)
