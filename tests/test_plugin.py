@@ -289,3 +289,24 @@ def test_mqtt_harness_run(tmp_path):
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAIL  mosquitto-process    3.1.1 " in bad.stdout and "AssertionError: no session" in bad.stdout
     assert "test_failing  1 failed" in bad.stdout
+
+
+def test_default_broker_is_docker_where_it_works_else_a_process(pytester):
+    from harness.plugin.brokers import default_broker
+
+    spec = default_broker()
+    assert spec.backend in ("docker", "process") and spec.chosen_because
+    if unavailable_reason(spec):
+        pytest.skip(f"the default broker cannot run here: {unavailable_reason(spec)}")
+    pytester.makepyfile(test_default="""
+        import pytest
+
+        @pytest.mark.v311_only
+        async def test_it(client_factory, broker):
+            assert (await client_factory()).connack.reason_code == 0
+    """)
+    result = run(pytester, "--report-dir", "out")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"mqtt-harness: broker under test {spec.id} (chosen by default: *)"])
+    broker = load(pytester.path / "out" / "report.json").brokers[0]
+    assert broker.id == spec.id and broker.notes == [f"chosen by default: {spec.chosen_because}"]

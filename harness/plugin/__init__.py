@@ -68,7 +68,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--keepalive-seconds", type=int, default=2, metavar="N",
                     help="keepalive that keepalive tests use (default: %(default)s)")
     group.addoption("--mqtt-timeout", type=float, default=60.0, metavar="SECONDS",
-                    help="overall time limit of each suite test; @pytest.mark.timeout(N) overrides (default: %(default)s)")
+                    help="overall time limit of each suite test; @pytest.mark.timeout(N) overrides "
+                         "(default: %(default)s)")
     group.addoption("--wait-timeout", type=float, default=5.0, metavar="SECONDS",
                     help="default wait of test clients and harness.expect (default: %(default)s)")
     group.addoption("--mqtt-progress", action="store_true",
@@ -85,7 +86,6 @@ class PluginState:
     collector: ResultCollector
     run_token: str = field(default_factory=lambda: secrets.token_hex(3))
     _specs: list[BrokerSpec] | None = None
-    _checked: bool = False
 
     def specs(self) -> list[BrokerSpec]:
         """The brokers under test; parsing (and choosing the default) happens on first use only."""

@@ -288,9 +288,8 @@ class BrokerPool:
             reaper.reap_once()  # leftovers of a crashed earlier run go before we start anything
         try:
             broker = self._external(spec) if spec.backend == EXTERNAL else self._start(spec)
-        except BaseException as exc:
-            if isinstance(exc, BrokerError):
-                self._failures[spec.id] = exc
+        except BrokerError as exc:
+            self._failures[spec.id] = exc
             raise
         self._brokers[spec.id] = broker
         return broker

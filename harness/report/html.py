@@ -37,7 +37,8 @@ header.top .totals{margin-top:10px;display:flex;gap:6px;align-items:center;font-
 header.top .totals b{font-size:16px;color:#fff}
 nav.tabs{display:flex;gap:4px;padding:0 32px;background:#fff;border-bottom:1px solid var(--line);position:sticky;
 top:0;z-index:5}
-nav.tabs a{padding:11px 14px;color:var(--muted);text-decoration:none;font-weight:550;border-bottom:2px solid transparent}
+nav.tabs a{padding:11px 14px;color:var(--muted);text-decoration:none;font-weight:550;
+border-bottom:2px solid transparent}
 nav.tabs a:hover{color:var(--accent);border-bottom-color:var(--accent)}
 main{padding:20px 32px 60px;max-width:1600px}
 h2{font-size:16px;margin:28px 0 12px;font-weight:650}
@@ -56,7 +57,8 @@ text-align:center;text-decoration:none;letter-spacing:.2px;border:1px solid tran
 .xfailed{color:var(--xfail);background:var(--xfail-bg)} .xpassed{color:var(--xpass);background:var(--xpass-bg)}
 a.pill:hover{border-color:currentColor}
 .toolbar{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin:0 0 10px}
-.toolbar input[type=search]{padding:6px 10px;border:1px solid var(--line);border-radius:6px;min-width:280px;font:inherit}
+.toolbar input[type=search]{padding:6px 10px;border:1px solid var(--line);border-radius:6px;min-width:280px;
+font:inherit}
 .legend{display:flex;gap:6px;margin-left:auto}
 table{border-collapse:separate;border-spacing:0;background:#fff;border:1px solid var(--line);border-radius:10px;
 width:100%}
@@ -68,7 +70,8 @@ tbody tr:hover td{background:#f8fafc}
 tr.area td{background:#eef2ff;font-weight:650;color:var(--accent);font-size:12.5px}
 td.cell,th.cell{text-align:center;width:1%;white-space:nowrap}
 td.test .mono{word-break:break-all}
-.ver{display:inline-block;font-size:11px;color:#334155;background:#e2e8f0;border-radius:4px;padding:0 5px;margin-left:6px}
+.ver{display:inline-block;font-size:11px;color:#334155;background:#e2e8f0;border-radius:4px;padding:0 5px;
+margin-left:6px}
 .muted{color:var(--muted)}
 .stmt-text{display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hidden;max-width:760px}
 .detail{display:none;position:fixed;inset:0;background:#0f172a8c;z-index:20;padding:4vh 3vw;overflow:auto}
@@ -88,7 +91,8 @@ td.test .mono{word-break:break-all}
 .versus h4{margin:0 0 6px;font-size:12px;text-transform:uppercase;color:var(--muted)}
 .versus .exp{border-color:#86efac;background:#f0fdf4} .versus .act{border-color:#fca5a5;background:#fef2f2}
 .versus code{display:block;white-space:pre-wrap;word-break:break-word}
-pre{background:#0f172a;color:#e2e8f0;padding:10px 12px;border-radius:8px;overflow:auto;max-height:420px;margin:6px 0 12px}
+pre{background:#0f172a;color:#e2e8f0;padding:10px 12px;border-radius:8px;overflow:auto;max-height:420px;
+margin:6px 0 12px}
 pre .in{color:#93c5fd} pre .out{color:#cbd5e1} pre .bad{color:#fca5a5}
 details{margin:6px 0} summary{cursor:pointer;font-weight:600}
 .empty{padding:30px;text-align:center;color:var(--muted)}
@@ -103,7 +107,8 @@ JS = """
     else{delete document.body.dataset.open;}
   }
   window.addEventListener('hashchange',sync);
-  document.addEventListener('keydown',function(e){if(e.key==='Escape'&&document.body.dataset.open){location.hash='close';}});
+  document.addEventListener('keydown',function(e){
+    if(e.key==='Escape'&&document.body.dataset.open){location.hash='close';}});
   document.querySelectorAll('.detail').forEach(function(d){d.addEventListener('click',function(e){
     if(e.target===d){location.hash='close';}});});
   var q=document.getElementById('q'), only=document.getElementById('only');
@@ -173,7 +178,7 @@ def _header(report: Report, counts: dict[str, int]) -> str:
     if run.merged_from:
         facts.append(f"merged from {len(run.merged_from)} runs")
     total = " ".join(_count(o, counts[o]) for o in OUTCOMES if counts[o])
-    return (f"<header class='top'><h1>MQTT conformance report</h1><div class='meta'>"
+    return ("<header class='top'><h1>MQTT conformance report</h1><div class='meta'>"
             + "".join(f"<span>{escape(f)}</span>" for f in facts)
             + f"</div><div class='totals'><b>{len(report.results)}</b> results {total}</div></header>")
 
@@ -271,7 +276,8 @@ def _statements(report: Report, ids: dict[int, str]) -> str:
             cited[(sid, result.mqtt_version or "")][result.broker or ""].append(result)
     if not cited:
         return ("<section id='statements'><h2>Statement coverage</h2>"
-                "<div class='empty'>No test cited an OASIS statement (mark tests with @pytest.mark.spec).</div></section>")
+                "<div class='empty'>No test cited an OASIS statement (mark tests with @pytest.mark.spec).</div>"
+                "</section>")
     head = "".join(f"<th class='cell'>{escape(b)}</th>" for b in brokers)
     rows = []
     for (sid, version), by_broker in sorted(cited.items(), key=lambda kv: (_id_key(kv[0][0]), kv[0][1])):
@@ -315,9 +321,9 @@ def _run(report: Report) -> str:
             + (f"<div>Merged from:<ul>{merged}</ul></div>" if merged else "") + "</div></section>")
 
 
-def _packets(client: dict) -> str:
+def _packets(packets: list[dict]) -> str:
     lines = []
-    for p in client["packets"]:
+    for p in packets:
         arrow, cls = ("<-", "in") if p["dir"] == "in" else ("->", "out")
         what = p["packet"] or f"UNDECODABLE {p.get('raw', '')[:96]} ({p['error']})"
         cls = "bad" if p["packet"] is None else cls
@@ -338,8 +344,8 @@ def _detail(report: Report, result: Result, anchor: str) -> str:
     if result.reason:
         parts.append(f"<div class='reason {result.outcome}'>{escape(result.reason)}</div>")
     if result.statements:
-        items = "".join(f"<li><span class='mono'>{escape(s)}</span> — {escape(_statement_text(s, result.mqtt_version)[1])}"
-                        "</li>" for s in result.statements)
+        items = "".join(f"<li><span class='mono'>{escape(s)}</span> — "
+                        f"{escape(_statement_text(s, result.mqtt_version)[1])}</li>" for s in result.statements)
         parts.append(f"<details open><summary>Statements</summary><ul>{items}</ul></details>")
     if art.expected:
         actual = "\n".join(art.actual) or "(nothing)"
@@ -350,7 +356,8 @@ def _detail(report: Report, result: Result, anchor: str) -> str:
     opened = " open" if result.outcome in FAILING else ""
     for client in art.clients:
         title = f"Packet log of {client.name} ({client.client_id}, MQTT {client.mqtt_version}, {client.url})"
-        parts.append(f"<details{opened}><summary>{escape(title)}</summary><pre>{_packets(vars(client))}</pre></details>")
+        parts.append(f"<details{opened}><summary>{escape(title)}</summary><pre>{_packets(client.packets)}</pre>"
+                     "</details>")
     if art.broker_log:
         parts.append(f"<details open><summary>Broker log during the test</summary><pre>{escape(art.broker_log)}</pre>"
                      "</details>")
