@@ -310,3 +310,24 @@ def test_default_broker_is_docker_where_it_works_else_a_process(pytester):
     result.stdout.fnmatch_lines([f"mqtt-harness: broker under test {spec.id} (chosen by default: *)"])
     broker = load(pytester.path / "out" / "report.json").brokers[0]
     assert broker.id == spec.id and broker.notes == [f"chosen by default: {spec.chosen_because}"]
+
+
+def test_tls_listeners_of_managed_and_url_brokers(pytester, mosquitto, pki):
+    require_process("mosquitto")
+    pytester.makepyfile(test_tls="""
+        import pytest
+        from harness.errors import ConnectError
+
+        @pytest.mark.v311_only
+        @pytest.mark.requires(tls=True, mtls=True)
+        async def test_mtls(client_factory):
+            await client_factory("mqtts")
+            await client_factory("mqtts-mtls")  # presents the trusted client certificate
+            untrusted = await client_factory("mqtts-mtls", cert="client_untrusted", connect=False)
+            with pytest.raises(ConnectError):
+                await untrusted.open()
+    """)
+    urls = f"{mosquitto.url('mqtt')},{mosquitto.url('mqtts')}"
+    result = run(pytester, "--broker", "mosquitto:process", "--broker", urls, "--mtls-url", mosquitto.url("mqtts-mtls"),
+                 "--ca", str(pki.ca), "--cert", str(pki.client_cert), "--key", str(pki.client_key), "-v")
+    result.assert_outcomes(passed=2)

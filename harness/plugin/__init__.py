@@ -377,9 +377,9 @@ def _alarm(seconds: float, enabled: bool):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    test = item.stash.get(_TEST, None) if is_suite_item(item) else None
-    if test is None:
+    if not is_suite_item(item):
         return (yield)
+    test = item.stash.setdefault(_TEST, RunningTest())  # also when an earlier setup hook skipped or failed it
     failed = call.excinfo is not None and not call.excinfo.errisinstance(pytest.skip.Exception)
     if failed and not test.failed:
         test.failed = True
