@@ -331,3 +331,17 @@ def test_tls_listeners_of_managed_and_url_brokers(pytester, mosquitto, pki):
     result = run(pytester, "--broker", "mosquitto:process", "--broker", urls, "--mtls-url", mosquitto.url("mqtts-mtls"),
                  "--ca", str(pki.ca), "--cert", str(pki.client_cert), "--key", str(pki.client_key), "-v")
     result.assert_outcomes(passed=2)
+
+
+def test_unreachable_url_broker_errors_every_test_and_stays_in_the_report(pytester):
+    pytester.makepyfile(test_x="""
+        async def test_a(client_factory): pass
+        async def test_b(client_factory): pass
+    """)
+    result = run(pytester, "--broker", "mqtt://127.0.0.1:1", "--report-dir", "out")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*BrokerError: cannot connect to mqtt://127.0.0.1:1 with MQTT 5 (tcp: *refused*"])
+    report = load(pytester.path / "out" / "report.json")
+    assert {r.outcome for r in report.results} == {"error"}
+    (broker,) = report.brokers
+    assert broker.id == "url-127.0.0.1-1" and broker.notes[0].startswith("not available: cannot connect")

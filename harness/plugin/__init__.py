@@ -414,7 +414,7 @@ def _payload(item: pytest.Item, test: RunningTest, last: bool) -> dict[str, Any]
     }
     if last:
         clients = test.factory.clients if test.factory is not None else []
-        payload["broker_info"] = test.broker.info() if test.broker is not None else None
+        payload["broker_info"] = _state(item.config).pool.info(spec) if spec is not None else None
         payload["artifacts"] = {
             "clients": client_logs(clients, raw=test.failed),
             "broker_log": (_broker_log(test) or None) if test.failed else None,

@@ -294,8 +294,17 @@ class BrokerPool:
         self._brokers[spec.id] = broker
         return broker
 
-    def started(self) -> list[BrokerUnderTest]:
-        return list(self._brokers.values())
+    def info(self, spec: BrokerSpec) -> dict[str, Any]:
+        """The report BrokerInfo dict of `spec`, also for a broker that could not be started or reached."""
+        if spec.id in self._brokers:
+            return self._brokers[spec.id].info()
+        failure = self._failures.get(spec.id)
+        defn = brokerdefs.load(spec.definition) if spec.definition else None
+        return {"id": spec.id, "name": spec.name, "backend": spec.backend,
+                "urls": {kind: [url] for kind, url in spec.urls}, "display_name": defn.display_name if defn else "",
+                "product": defn.product if defn else "", "version": "", "capabilities": {},
+                "capabilities_source": "", "known_limits": self.known_limits(spec),
+                "notes": [f"not available: {str(failure).splitlines()[0]}"] if failure else []}
 
     def _start(self, spec: BrokerSpec) -> BrokerUnderTest:
         defn = brokerdefs.load(spec.definition)
