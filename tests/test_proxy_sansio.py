@@ -407,3 +407,33 @@ def test_topic_alias_resolves_for_matching():
     assert pipe.up(Publish("long/topic", b"1", properties={"topic_alias": 1})) == []
     assert pipe.up(Publish("", b"2", properties={"topic_alias": 1})) == []
     assert pipe.up(Publish("other", b"3")) != []
+
+
+def test_rewrite_connect_connack_acks_properties_and_raw_flags():
+    from harness.core.packets import Disconnect
+
+    rules = [when("CONNECT").rewrite(keepalive=5, properties={"session_expiry_interval": 30}),
+             when("CONNACK").rewrite(session_present=True, properties={"receive_maximum": None}),
+             when("PUBACK").rewrite(reason_code=0x10),
+             when("PINGREQ").rewrite(flags=0b0001),
+             when("DISCONNECT").rewrite(reason_code=0x04)]
+    state = ConnectionState(rules)
+    [(d, connect)] = [(o.direction, *Decoder(5).feed(o.data)) for o in
+                      state.receive(UPSTREAM, encode(Connect("c", protocol_level=5, keepalive=60)), 0.0)
+                      if isinstance(o, Send)]
+    assert (connect.keepalive, connect.properties) == (5, {"session_expiry_interval": 30})
+    out = state.receive(DOWNSTREAM, encode(Connack(properties={"receive_maximum": 5, "topic_alias_maximum": 2}), 5), 0.0)
+    [connack] = Decoder(5).feed(out[-1].data)
+    assert connack.session_present and connack.properties == {"topic_alias_maximum": 2}
+    out = state.receive(DOWNSTREAM, encode(Puback(4), 5), 0.0)
+    assert Decoder(5).feed(out[-1].data) == [Puback(4, 0x10)]
+    out = state.receive(UPSTREAM, encode(Pingreq()), 0.0)
+    assert out[-1].data == b"\xc1\x00"  # reserved flag bit set: a malformed PINGREQ, as asked
+    out = state.receive(UPSTREAM, encode(Disconnect(), 5), 0.0)
+    assert Decoder(5).feed(out[-1].data) == [Disconnect(0x04)]
+
+
+def test_delay_and_close_after_share_the_delay():
+    state = ConnectionState([when("PINGREQ").delay(0.25).close("after")])
+    out = [o for o in state.receive(UPSTREAM, encode(Pingreq()), 0.0) if not isinstance(o, Fired)]
+    assert [(type(o).__name__, o.delay) for o in out] == [("Send", 0.25), ("Close", 0.25)]

@@ -328,24 +328,38 @@ class Connection:
             self.state.learn(version if version in VERSION_NAMES else None, client_id)
 
     def _apply(self, outputs: list) -> None:
+        # Consecutive sends in one direction go out as one write: a chunk of many small packets
+        # costs one send() through the proxy, as it did from the sender.
+        batch: list[bytes] = []
+        batch_dir = None
         for o in outputs:
             kind = type(o)
+            if kind is Send and not o.delay:
+                if o.direction != batch_dir and batch:
+                    self.routes[batch_dir].send(b"".join(batch))
+                    batch.clear()
+                batch_dir = o.direction
+                batch.append(o.data)
+                continue
+            if kind is Fired:
+                self.proxy._event(self.id, "rule", f"{o.rule} ({'+'.join(o.actions) or 'match'}) on "
+                                                   f"{o.direction} {summary(o.packet)}")
+                continue
+            if batch:
+                self.routes[batch_dir].send(b"".join(batch))
+                batch.clear()
             if kind is Send:
-                if o.delay:
-                    self._call_later(o.delay, self.routes[o.direction].send, o.data)
-                else:
-                    self.routes[o.direction].send(o.data)
+                self._call_later(o.delay, self.routes[o.direction].send, o.data)
             elif kind is Close:
                 step = F.Step(time.monotonic(), F.RESET if o.reset else F.CLOSE, reason=o.reason)
                 if o.delay:
                     self._call_later(o.delay, self.routes[o.direction].schedule, [step])
                 else:
                     self.routes[o.direction].schedule([step])
-            elif kind is Fired:
-                self.proxy._event(self.id, "rule", f"{o.rule} ({'+'.join(o.actions) or 'match'}) on "
-                                                   f"{o.direction} {summary(o.packet)}")
             elif kind is DecodeFailed:
                 self.proxy._event(self.id, "decode_failed", f"{o.direction}: {o.error}; forwarding raw bytes")
+        if batch:
+            self.routes[batch_dir].send(batch[0] if len(batch) == 1 else b"".join(batch))
         st = self.state
         if st is not None and (st.version != self.version or st.client_id != self.client_id):
             self._learn(st.version, st.client_id)

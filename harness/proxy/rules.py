@@ -13,6 +13,7 @@ Applying rules to a connection's packets is harness.proxy.state's job; this modu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Union
@@ -29,6 +30,7 @@ _TYPE_NAMES = {t.name: t for t in PacketType}
 _rule_ids = itertools.count(1)
 
 
+@functools.lru_cache(maxsize=4096)  # rules see the same few topics over and over
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """Does the topic name match the MQTT topic filter ('+' one level, '#' the rest)? Topics starting
     with '$' do not match filters starting with a wildcard [MQTT-4.7.2-1]."""
