@@ -4,7 +4,7 @@ Same command line and stdout protocol as the lab's tp_client.py (subscriber: 'RE
 JSON line; publisher: one JSON line), and the same Recorder and payloads, imported from it. Libraries:
   mqtt-harness        harness.client.Client with its packet log on (the default)
   mqtt-harness-nolog  the same with log=False
-Publisher: publish_nowait() for every message, then wait for the socket to drain (QoS 0) or for every ack
+Publisher: publish_nowait() for every message, then wait for the socket to drain (QoS 0) or until nothing is in flight (wait_acked)
 future (QoS 1/2); the session keeps its 3.1.1 window of 20 in flight (perf-baselines §3.1).
 Subscriber: `await client.receive()` in a loop.
 
@@ -46,10 +46,14 @@ async def publish(a, payloads: list[bytes]) -> dict:
         await client.drain(a.timeout)
         completed = len(payloads)
     else:
-        futures = [publish_nowait(topic, p, qos) for p in payloads]
+        for p in payloads:
+            publish_nowait(topic, p, qos, track=False)
         t_loop = lab.mono()
-        done, _ = await asyncio.wait(futures, timeout=a.timeout)
-        completed = sum(1 for f in done if f.exception() is None)
+        try:
+            await client.wait_acked(a.timeout)
+        except Timeout:
+            pass  # counted below: whatever is still in flight did not complete
+        completed = len(payloads) - len(client.session.outgoing)
     t_done = lab.mono()
     cpu = lab.cpu_now() - cpu0
     await client.disconnect()

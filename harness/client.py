@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from harness.core.codec import encode, summary
 from harness.core.packets import (
-    Connack, Pingresp, Publish, Suback, Subscription, Unsuback, Will, parse_version,
+    Connack, Disconnect, Pingresp, Publish, Suback, Subscription, Unsuback, Will, parse_version,
 )
 from harness.core.reason_codes import reason_name
 from harness.core.session import (
@@ -82,6 +82,7 @@ class Client:
         self._close_reason: str | None = None
         self._close_error: Exception | None = None
         self._wakeup: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None  # set when no QoS 1/2 publish is in flight
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -198,26 +199,29 @@ class Client:
 
     def _dispatch(self, events: list) -> None:
         for ev in events:
-            if isinstance(ev, Publish):
+            kind = type(ev)
+            if kind is Publish:
                 self._messages.append(ev)
                 self._wakeup.set()
                 continue
-            elif isinstance(ev, PublishDone):
+            if kind is PublishDone:
                 fut = self._acks.pop(ev.packet_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(ev.ack)
+                if not self.session.outgoing and self._idle is not None:
+                    self._idle.set()
                 continue
-            elif isinstance(ev, Violation):
+            if kind is Violation:
                 self.violations.append(ev)
                 continue
-            elif isinstance(ev, SessionDiscarded):
+            if kind is SessionDiscarded:
                 self.discarded.append(ev)
                 for pid in ev.packet_ids:
                     fut = self._acks.pop(pid, None)
                     if fut is not None and not fut.done():
                         fut.set_exception(ConnectionClosed(f"packet id {pid} discarded: the broker had no session"))
                 continue
-            elif type(ev).__name__ == "Disconnect":
+            if kind is Disconnect:
                 self.server_disconnect = ev
             if self._waiters:
                 for item in list(self._waiters):
@@ -318,17 +322,33 @@ class Client:
         return await self._wait(fut, timeout, f"UNSUBACK for packet id {packet.packet_id}")
 
     def publish_nowait(self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False,
-                       properties: dict | None = None, use_alias: bool = False) -> asyncio.Future | None:
-        """Queue a PUBLISH without waiting. For QoS 1/2, returns a future for the final ack."""
+                       properties: dict | None = None, use_alias: bool = False,
+                       track: bool = True) -> asyncio.Future | None:
+        """Queue a PUBLISH without waiting. For QoS 1/2, returns a future for the final ack (unless
+        track=False: then wait for all with wait_acked())."""
         if isinstance(payload, str):
             payload = payload.encode()
         packet = self.session.publish(topic, payload, qos, retain, properties, time.monotonic(), use_alias)
         fut = None
-        if qos:
+        if qos and track:
             fut = asyncio.get_running_loop().create_future()
             self._acks[packet.packet_id] = fut
         self._flush()
         return fut
+
+    async def wait_acked(self, timeout: float | None = None) -> None:
+        """Wait until no QoS 1/2 PUBLISH of ours is in flight or waiting for the window."""
+        timeout = self.timeout if timeout is None else timeout
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        while self.session.outgoing:
+            self._require_connection()
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise Timeout(f"{self.name}: {len(self.session.outgoing)} QoS 1/2 publish(es) still unacknowledged "
+                              f"after {timeout:g}s") from None
 
     async def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False,
                       properties: dict | None = None, use_alias: bool = False, timeout: float | None = None):

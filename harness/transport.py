@@ -144,6 +144,9 @@ def _load_client_cert(ctx: ssl.SSLContext, cert: str, key: str | None) -> None:
         ) from None
 
 
+_FLUSH_AT = 64 * 1024  # bytes buffered by write() before they go out without waiting for the loop
+
+
 class _ByteQueue:
     """Received bytes not yet read, kept as the chunks they came in; joined only when a read spans several."""
 
@@ -316,6 +319,7 @@ class SocketStream(Stream):
         self._client_cert = client_cert
         self._closed_locally = False
         self._out: list[bytes] = []
+        self._out_size = 0
         self._local = self._transport.get_extra_info("sockname")
         self._peer = self._transport.get_extra_info("peername")
         self._ssl = self._transport.get_extra_info("ssl_object")
@@ -342,12 +346,16 @@ class SocketStream(Stream):
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= _FLUSH_AT:  # a long burst without yielding: don't hold it all back
+            self._flush()
 
     def _flush(self) -> None:
         out = self._out
         if out and not self._transport.is_closing():
             self._send(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+        self._out_size = 0
 
     def _send(self, data: bytes) -> None:
         self._transport.write(data)

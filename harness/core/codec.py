@@ -99,8 +99,12 @@ def encode(packet, version: int = MQTT_3_1_1, *, flags: int | None = None,
     replaces the v5 property content, `raw_body` replaces everything after the fixed header.
     """
     t = packet.TYPE
-    if t == 3 and flags is None and remaining_length is None and raw_body is None and raw_properties is None:
-        return _encode_publish(packet, version)
+    if flags is None and remaining_length is None and raw_body is None and raw_properties is None:
+        if t == 3:
+            return _encode_publish(packet, version)
+        if 4 <= t <= 7 and not packet.reason_code and not packet.properties:
+            pid = packet.packet_id
+            return bytes(((t << 4) | _FIXED_FLAGS[t], 2, (pid >> 8) & 0xFF, pid & 0xFF))
     body, default_flags = _BODY[t](packet, version, raw_properties) if raw_body is None else (raw_body, None)
     if default_flags is None:
         default_flags = _publish_flags(packet) if t == 3 else _FIXED_FLAGS[t]

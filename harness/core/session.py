@@ -97,10 +97,11 @@ class ClientSession:
         self.version = c.version
         self.state = State.DISCONNECTED
         self._decoder = Decoder(c.version)
-        self._out = bytearray()
+        self._out: list[bytes] = []  # encoded packets not yet taken by data_to_send()
         self._events: list = []
         self._next_pid = 1
         self.outgoing: dict[int, _Outgoing] = {}  # QoS 1/2 publishes in flight, by packet id
+        self.inflight = 0  # entries of `outgoing` that were sent (the window counts these)
         self.pending: deque[int] = deque()  # packet ids of QoS 1/2 publishes waiting for a window slot
         self.requests: dict[int, object] = {}  # SUBSCRIBE/UNSUBSCRIBE awaiting their ack
         self.incoming_qos2: set[int] = set()  # PUBREC sent, PUBREL not yet received
@@ -117,13 +118,13 @@ class ClientSession:
 
     # ------------------------------------------------------------------ outgoing
     def data_to_send(self) -> bytes:
-        data = bytes(self._out)
+        data = b"".join(self._out)  # one packet: the same object, no copy
         self._out.clear()
         return data
 
     def _send(self, packet, now: float | None = None) -> bytes:
         raw = encode(packet, self.version)
-        self._out += raw
+        self._out.append(raw)
         if now is not None:
             self.last_sent = now
         return raw
@@ -133,7 +134,7 @@ class ClientSession:
         return self._send(packet, now)
 
     def send_raw(self, data: bytes, now: float | None = None) -> None:
-        self._out += data
+        self._out.append(data)
         if now is not None:
             self.last_sent = now
 
@@ -168,16 +169,14 @@ class ClientSession:
         if qos:
             pid = packet.packet_id = self.allocate_packet_id()
             entry = self.outgoing[pid] = _Outgoing(packet, Puback if qos == 1 else Pubrec)
-            if self.state is not State.CONNECTED or self._inflight_count() > self.window:
+            if self.state is not State.CONNECTED or self.inflight >= self.window:
                 self.pending.append(pid)
                 return packet
             entry.sent = True
+            self.inflight += 1
         if self.state is State.CONNECTED:
             self._send_publish(packet, now, use_alias)
         return packet
-
-    def _inflight_count(self) -> int:
-        return len(self.outgoing) - len(self.pending)
 
     def _send_publish(self, packet: Publish, now, use_alias: bool = False):
         if use_alias and self.version >= MQTT_5 and self.alias_out_max:
@@ -194,9 +193,10 @@ class ClientSession:
         self._send(packet, now)
 
     def _release_pending(self, now):
-        while self.pending and self._inflight_count() < self.window:
+        while self.pending and self.inflight < self.window:
             entry = self.outgoing[self.pending.popleft()]
             entry.sent = True
+            self.inflight += 1
             self._send(entry.publish, now)
 
     def subscribe(self, subscriptions: list[Subscription], properties: dict | None = None,
@@ -286,17 +286,18 @@ class ClientSession:
         events.append(p)
         if t == 4 or t == 7:
             entry = self.outgoing.get(p.packet_id)
-            if entry is None or entry.awaiting is not type(p):
+            if entry is None or entry.awaiting is not type(p) or not entry.sent:
                 events.append(Violation(ref("unexpected_ack", self.version),
                                         f"{type(p).__name__.upper()} for packet id {p.packet_id} "
                                         "which is not awaiting one", p))
                 return
             del self.outgoing[p.packet_id]
+            self.inflight -= 1
             events.append(PublishDone(p.packet_id, p))
             self._release_pending(now)
         elif t == 5:
             entry = self.outgoing.get(p.packet_id)
-            if entry is None or entry.awaiting not in (Pubrec, Pubcomp):
+            if entry is None or entry.awaiting not in (Pubrec, Pubcomp) or not entry.sent:
                 events.append(Violation(ref("unexpected_ack", self.version), f"PUBREC for packet id {p.packet_id} with no QoS 2 "
                                         "PUBLISH in flight", p))
                 if not self.config.manual_acks and self.version < MQTT_5:
@@ -304,6 +305,7 @@ class ClientSession:
                 return
             if p.reason_code >= 0x80:
                 del self.outgoing[p.packet_id]
+                self.inflight -= 1
                 events.append(PublishDone(p.packet_id, p))
                 self._release_pending(now)
             elif not self.config.manual_acks:
@@ -351,6 +353,7 @@ class ClientSession:
                 self._events.append(SessionDiscarded(started))
                 for pid in started:
                     del self.outgoing[pid]
+                self.inflight = 0
             self.incoming_qos2.clear()
         self._release_pending(now)
 
