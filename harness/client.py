@@ -142,6 +142,10 @@ class Client:
         if connack.reason_code != 0:
             await self._teardown()
             code = connack.reason_code
+            if self.version >= 5 and code == 1:  # a 3.1.x CONNACK: see the codec's legacy_refusal
+                raise MqttConnectError("broker answered with an MQTT 3.1.1 CONNACK refusing the protocol version "
+                                       "(return code 1): it does not support MQTT 5; use version 3.1.1",
+                                       self.url.display(), reason_code=code)
             name = reason_name(code) if self.version >= 5 else _RC_311.get(code, f"return code {code}")
             raise MqttConnectError(f"broker refused the connection: {name} (0x{code:02X})",
                                    self.url.display(), reason_code=code)

@@ -542,3 +542,9 @@ def test_refused_connack_with_session_present(version):
 def test_response_topic_with_wildcard():
     rejects(encode(Publish("a", b"", properties={"response_topic": "r/+"}), MQTT_5), MQTT_5,
             "response_topic_wildcard")
+
+
+def test_v5_connect_answered_by_a_311_only_server():
+    """A 3.1.1-only server replies to a v5 CONNECT with `20 02 00 01`: decoded as that refusal, not malformed."""
+    connack = decode(encode(Connack(False, 1), MQTT_3_1_1), MQTT_5)
+    assert (connack.reason_code, connack.properties) == (1, {})

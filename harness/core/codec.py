@@ -487,13 +487,16 @@ def _decode_connack(r: _Reader, flags: int) -> Connack:
     if ack_reserved:
         r.fail("connack_reserved", f"CONNACK acknowledge flags reserved bits are set (0x{ack:02X})")
     code = r.u8("return code")
-    if r.version >= MQTT_5:
+    # A server that only speaks 3.1.x answers a v5 CONNECT with its own 2-byte CONNACK (return code 1,
+    # unacceptable protocol version); decode that as what it is rather than as a malformed v5 CONNACK.
+    legacy_refusal = r.version >= MQTT_5 and code == 1 and len(r.data) == 2
+    if r.version >= MQTT_5 and not legacy_refusal:
         _check_reason(r, 2, code)
     if code and session_present:
         r.fail("connack_session_present_refused", f"CONNACK refuses the connection (0x{code:02X}) "
                "but has Session Present 1", 0x82)
     props = {}
-    if r.version >= MQTT_5:
+    if r.version >= MQTT_5 and not legacy_refusal:
         props = decode_properties(r, P.CONNACK)
     r.done("CONNACK")
     return Connack(session_present, code, props)
