@@ -393,3 +393,49 @@ def test_bad_configuration_is_refused_with_the_fix(proxy, mosquitto, pki):
         proxy(mosquitto.url("mqtt"), listen=f"127.0.0.1:{p.address[1]}")
     with pytest.raises(KeyError, match="no fault named"):
         p.remove_fault("nope")
+
+
+def test_client_tls_failure_is_recorded(proxy, mosquitto, pki):
+    from harness.errors import TlsError
+
+    p = proxy(mosquitto.url("mqtt"), tls="terminate")
+
+    async def main():
+        with pytest.raises(TlsError):  # the client does not trust the proxy's certificate
+            await Client.connect(p.url, tls=TlsOptions(ca=str(pki.unknown_ca)), timeout=5)
+    run(main())
+    p.wait_until(lambda: any(e.kind == "tls_failed" for e in p.proxy.events), what="tls_failed event")
+
+
+def test_mutual_tls_at_the_proxy(proxy, mosquitto, pki):
+    from harness.proxy import ServerTls
+
+    p = proxy(mosquitto.url("mqtt"), tls=ServerTls(str(pki.server_cert), str(pki.server_key), client_ca=str(pki.ca)))
+
+    async def main():
+        async with Client(p.url, tls=TlsOptions(ca=str(pki.ca), cert=str(pki.client_cert),
+                                                key=str(pki.client_key))) as c:
+            await c.ping()
+        with pytest.raises(ConnectError):
+            await Client.connect(p.url, tls=TlsOptions(ca=str(pki.ca)), timeout=5)
+    run(main())
+
+
+def test_ipv6_listener(proxy, mosquitto):
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("this Python has no IPv6 support")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    p = proxy(mosquitto.url("mqtt"), listen="[::1]:0")
+    assert p.url.startswith("mqtt://[::1]:")
+
+    async def main():
+        async with Client(p.url) as c:
+            await c.ping()
+    run(main())
+    assert p.connections[0].client_addr[0] == "::1"
