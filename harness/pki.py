@@ -102,8 +102,16 @@ class Pki:
         return cls(dir=directory, **{attr: directory / name for attr, (name, _) in FILES.items()})
 
     def relocated(self, directory: str) -> "Pki":
-        """The same set as seen under another directory, e.g. a container mount point like /mosquitto/certs."""
-        return replace(self.at(directory), store_password=self.store_password)
+        """The same set as seen under another directory, e.g. a container mount point like /mosquitto/certs.
+        Each path keeps its file name, so a set from with_server() stays what it is."""
+        directory = Path(directory)
+        return replace(self, dir=directory, **{attr: directory / getattr(self, attr).name for attr in FILES})
+
+    def with_server(self, variant: str) -> "Pki":
+        """This set with a broken server certificate in place of the good one, so a broker serves it:
+        variant is "server_expired", "server_notyetvalid", "server_wronghost" or "server_unknownca".
+        Only the PEM pair is swapped (server_combined and the PKCS#12 stores keep the good one)."""
+        return replace(self, server_cert=getattr(self, f"{variant}_cert"), server_key=getattr(self, f"{variant}_key"))
 
     def paths(self) -> dict[str, Path]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in FILES}
