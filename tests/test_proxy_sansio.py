@@ -173,7 +173,7 @@ def test_rule_dict_round_trip_and_builder_agree():
                                   {"reset": "after"},
                                   {"inject": {"packet": {"type": "PINGREQ"}, "where": "before"}}]}
     rule = Rule.from_dict(data)
-    again = Rule.from_dict({k: v for k, v in rule.to_dict().items() if k != "fired"})
+    again = Rule.from_dict(rule.to_dict())  # what GET /rules returns can be posted back
     assert again.to_dict() == rule.to_dict()
     built = (when("PUBLISH", direction="downstream", topic="t/#", qos=1, nth=2, name="r").drop().delay(0.5)
              .duplicate(2, dup=False).rewrite(retain=True).hold("h").close("before").reset()
@@ -437,3 +437,11 @@ def test_delay_and_close_after_share_the_delay():
     state = ConnectionState([when("PINGREQ").delay(0.25).close("after")])
     out = [o for o in state.receive(UPSTREAM, encode(Pingreq()), 0.0) if not isinstance(o, Fired)]
     assert [(type(o).__name__, o.delay) for o in out] == [("Send", 0.25), ("Close", 0.25)]
+
+
+def test_inject_direction_aliases_are_normalised():
+    rule = when("PINGREQ").inject(Pingresp(), direction="to_client")
+    assert rule.actions[0].direction == DOWNSTREAM
+    state = ConnectionState([rule])
+    out = [o for o in state.receive(UPSTREAM, encode(Pingreq()), 0.0) if isinstance(o, Send)]
+    assert [o.direction for o in out] == [UPSTREAM, DOWNSTREAM]

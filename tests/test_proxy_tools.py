@@ -133,6 +133,8 @@ def test_control_api_drives_the_proxy(proxy, mosquitto):
     assert any(e["kind"] == "rule" for e in _http(base, "GET", "/events")[1])
     status, pcap = _http(base, "GET", "/pcap")
     assert status == 200 and pcap[:4] == b"\xd4\xc3\xb2\xa1"
+    status, none = _http(base, "GET", "/pcap?connection=99")
+    assert status == 200 and len(none) == 24  # just the file header: no such connection
     status, err = _http(base, "POST", "/faults", {"type": "lag"})
     assert status == 400 and "unknown fault type" in err["error"]
     assert _http(base, "DELETE", "/faults/nope")[0] == 404

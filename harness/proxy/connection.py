@@ -406,8 +406,8 @@ class Connection:
         timers = []
         for d in expand(fault.direction):
             route = self.routes[d]
-            for step in route.chain.add(fault, self.proxy.rng, now):
-                timers.append(self.loop.call_at(step.due, route.schedule, [step]))
+            for step in route.chain.add(fault, self.proxy.rng, now):  # not queued: it fires even behind a blackhole
+                timers.append(self.loop.call_at(step.due, self.close, step.reason, step.kind == F.RESET))
             route.pump()
         self._fault_timers[fault.name] = timers
 

@@ -114,8 +114,10 @@ class ControlServer:
             return 200, self.call(lambda: [{"t": e.time, "conn": e.connection, "kind": e.kind, "detail": e.detail}
                                            for e in p.events])
         if route == ("GET", "pcap", 1):
+            wanted = query.get("connection")
+            ids = [int(i) for v in wanted for i in v.split(",")] if wanted else None
             with tempfile.TemporaryDirectory() as tmp:
-                path = self.call(p.write_pcap, Path(tmp) / "proxy.pcap")
+                path = self.call(p.write_pcap, Path(tmp) / "proxy.pcap", ids)
                 return 200, path.read_bytes()
         raise LookupError(f"no such endpoint: {method} /{'/'.join(parts)}; see harness/proxy/README.md")
 

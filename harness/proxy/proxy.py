@@ -301,7 +301,7 @@ class Proxy:
                     usock.close()
                     raise
         except (OSError, asyncio.TimeoutError) as exc:
-            reason = f"cannot reach the broker at {up.address}: {exc or type(exc).__name__}"
+            reason = f"cannot reach the broker at {up.address}: {str(exc) or type(exc).__name__}"
             conn.close(reason)
             self._event(conn.id, "upstream_failed", reason)
             return

@@ -290,7 +290,7 @@ class Rule:
         if not isinstance(data, dict):
             raise ValueError(f"a rule is a mapping, got {data!r}")
         data = dict(data)
-        known = {"name", "match", "action", "actions", "nth", "times", "scope", "fix_acks"}
+        known = {"name", "match", "action", "actions", "nth", "times", "scope", "fix_acks", "fired"}  # fired: ignored
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"rule has unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -343,7 +343,7 @@ def _check_action(action):
         if action.where not in WHEN:
             raise ValueError(f"inject where={action.where!r}; use before or after")
         if action.direction not in TARGETS:
-            parse_direction(action.direction, allow_both=False)
+            action = dataclasses.replace(action, direction=parse_direction(action.direction, allow_both=False))
         if not isinstance(action.packet, (bytes, bytearray)) and not hasattr(action.packet, "TYPE"):
             raise ValueError(f"inject needs a packet object or raw bytes, got {action.packet!r}")
     if isinstance(action, Close) and action.when not in WHEN:
