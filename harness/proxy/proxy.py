@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import HarnessError
+from harness.ports import release_ports, reserve_ports
 from harness.proxy import faults as F
 from harness.proxy.connection import Connection, addr_text
 from harness.proxy.direction import DOWNSTREAM, UPSTREAM
@@ -148,6 +149,7 @@ class Proxy:
         self._waiters: list[asyncio.Future] = []
         self._next_id = 1
         self._closed = False
+        self._reserved: list[int] = []  # a port we took from the harness's port registry
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -177,7 +179,16 @@ class Proxy:
         self._loop = asyncio.get_running_loop()
         self.started_at = time.monotonic()
         self.wall_offset = time.time() - time.monotonic()
-        self._open_listener()
+        if self.listen_port == 0:
+            # Through the registry, so a port reserved for a broker about to start is never taken here;
+            # it stays ours while a refuse fault has the listener shut.
+            self._reserved = reserve_ports(1, host=self.listen_host)
+            self.listen_port = self._reserved[0]
+        try:
+            self._open_listener()
+        except ProxyError:
+            release_ports(self._reserved)
+            raise
         return self
 
     async def close(self) -> None:
@@ -186,6 +197,7 @@ class Proxy:
             return
         self._closed = True
         self._close_listener()
+        release_ports(self._reserved)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
