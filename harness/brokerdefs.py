@@ -32,6 +32,7 @@ from harness.pki import Pki
 
 BROKERS_DIR = Path(__file__).resolve().parent.parent / "brokers"
 TLS_KINDS = (MQTTS, MQTTS_MTLS, WSS)
+PROBE_KINDS = (MQTT, MQTTS, MQTTS_MTLS)  # listener kinds a readiness probe can use (a CONNECT without WebSocket)
 SCHEMES = {MQTT: "mqtt", MQTTS: "mqtts", MQTTS_MTLS: "mqtts", WS: "ws", WSS: "wss"}
 # Rendered last: brokers that open listeners one by one then serve the plain one last, so a CONNACK there
 # means every listener is up.
@@ -108,6 +109,20 @@ class BrokerDef:
 
     def listener_template(self, kind: str) -> string.Template:
         return self.template(f"listener-{kind}{Path(self.config_file).suffix}")
+
+    def plan_listeners(self, listeners, pki) -> tuple[tuple[str, ...], str]:
+        """The listener kinds an instance serves (default: the profile's, TLS ones only with a PKI), checked,
+        and the kind its readiness probe uses. Raises BrokerError naming the fix."""
+        if listeners is None:
+            listeners = [k for k in self.default_listeners if pki is not None or k not in TLS_KINDS]
+        listeners = tuple(listeners)
+        self.check_listeners(listeners)
+        probe = [k for k in PROBE_KINDS if k in listeners]
+        if not probe:
+            raise BrokerError(f"{self.name}: readiness needs an mqtt, mqtts or mqtts-mtls listener; add 'mqtt'")
+        if set(listeners) & set(TLS_KINDS) and pki is None:
+            raise BrokerError(f"{self.name}: TLS listeners need certificates; pass pki=harness.pki.generate_pki(dir)")
+        return listeners, probe[0]
 
     def check_listeners(self, kinds: list[str] | tuple[str, ...]) -> None:
         """Raise BrokerError unless this broker can serve exactly these listener kinds in one instance."""

@@ -25,9 +25,9 @@ import docker.errors
 import requests
 
 from harness import brokerdefs, images
-from harness.backends.process import PROBE_KINDS
+
 from harness.broker import Broker, BrokerError, BrokerUnavailable
-from harness.brokerdefs import TLS_KINDS, BrokerDef
+from harness.brokerdefs import BrokerDef
 from harness.pki import Pki
 from harness.ports import release_ports, reserve_ports
 from harness.probe import tls_args_for, wait_until_ready
@@ -48,7 +48,6 @@ LABEL_DETACHED = "mqtt-harness.detached"
 LABEL_RUN_DIR = "mqtt-harness.run-dir"  # removed with the container when its record is lost
 RUN_ID_ENV = "MQTT_HARNESS_RUN_ID"
 
-
 def build(defn: BrokerDef) -> images.BuiltImage:
     """`mqtt-harness brokers build NAME`: build (or reuse) the broker's local image."""
     recipe = _local_recipe(defn.docker.image if defn.docker else "") or images.LOCAL_IMAGES.get(defn.name)
@@ -58,10 +57,8 @@ def build(defn: BrokerDef) -> images.BuiltImage:
                           f"`docker pull {image}` on a machine with access, or `docker load` it")
     return images.build_local_image(recipe.name)
 
-
 def _local_recipe(ref: str) -> images.CopiedBinary | None:
     return next((r for r in images.LOCAL_IMAGES.values() if r.tag == ref), None)
-
 
 def resolve_image(ref: str, client: docker.DockerClient) -> str:
     """Make `ref` available locally: build it if it is one of ours, else require it to be present (or pullable)."""
@@ -76,9 +73,7 @@ def resolve_image(ref: str, client: docker.DockerClient) -> str:
     _verified[ref] = images.build_local_image(recipe.name, client).image_id
     return ref
 
-
 _verified: dict[str, str] = {}  # local image tag -> id of the image found up to date in this process
-
 
 def unavailable_reason(defn: BrokerDef, image: str | None = None) -> str | None:
     """Why `defn` cannot run in docker here (with the fix), or None if it can. Never pulls or builds."""
@@ -96,11 +91,9 @@ def unavailable_reason(defn: BrokerDef, image: str | None = None) -> str | None:
         return str(exc)
     return None
 
-
 def create(definition: str | BrokerDef, *, listeners: Iterable[str] | None = None, pki: Pki | None = None,
            detached: bool = False, image: str | None = None) -> "DockerBroker":
     return DockerBroker(definition, listeners=listeners, pki=pki, detached=detached, image=image)
-
 
 def run_id() -> str:
     """Identifies this harness run on container labels: $MQTT_HARNESS_RUN_ID, else one per process."""
@@ -109,9 +102,7 @@ def run_id() -> str:
         _run_id = os.environ.get(RUN_ID_ENV) or secrets.token_hex(6)
     return _run_id
 
-
 _run_id: str | None = None
-
 
 class DockerBroker(Broker):
     """One broker container. Listener kinds default to the profile's defaults (TLS kinds only with `pki`).
@@ -132,16 +123,7 @@ class DockerBroker(Broker):
         self.name = defn.name
         self.capabilities = defn.capabilities
         self.image = image or defn.docker.image
-        if listeners is None:
-            listeners = [k for k in defn.default_listeners if pki is not None or k not in TLS_KINDS]
-        self.listeners = tuple(listeners)
-        defn.check_listeners(self.listeners)
-        probe = [k for k in PROBE_KINDS if k in self.listeners]
-        if not probe:
-            raise BrokerError(f"{self.name}: readiness needs an mqtt, mqtts or mqtts-mtls listener; add 'mqtt'")
-        self.probe_kind = probe[0]
-        if set(self.listeners) & set(TLS_KINDS) and pki is None:
-            raise BrokerError(f"{self.name}: TLS listeners need certificates; pass pki=harness.pki.generate_pki(dir)")
+        self.listeners, self.probe_kind = defn.plan_listeners(listeners, pki)
         self.pki = pki
         self.detached = detached
         self.state = state
@@ -270,7 +252,6 @@ class DockerBroker(Broker):
         self._container = None
         self.teardown_seconds = time.monotonic() - began
 
-
 def _stage_pki(pki: Pki, directory: Path) -> str:
     """Copy the PKI files into a world-readable directory: the container's user must be able to enter the mounted
     directory itself, and the PKI's own directory may be private (e.g. made by mkdtemp)."""
@@ -281,11 +262,9 @@ def _stage_pki(pki: Pki, directory: Path) -> str:
         os.chmod(directory / path.name, 0o644)
     return str(directory)
 
-
 def _container_logs(container) -> str:
     raw = container.logs(stdout=True, stderr=True)
     return raw.decode("utf-8", errors="replace").replace("\r\n", "\n")
-
 
 def _find_container(client: docker.DockerClient, name_or_id: str | None):
     if not name_or_id:
@@ -294,7 +273,6 @@ def _find_container(client: docker.DockerClient, name_or_id: str | None):
         return client.containers.get(name_or_id)
     except docker.errors.NotFound:
         return None
-
 
 def _remove(container, timeout: float = 10.0) -> None:
     """Force-remove a container; returns once it is gone, also when a parallel reaper is removing it."""
@@ -307,7 +285,6 @@ def _remove(container, timeout: float = 10.0) -> None:
             raise BrokerError(f"could not remove container {container.name}: {exc.explanation or exc}") from None
         with contextlib.suppress(docker.errors.NotFound):
             container.wait(condition="removed", timeout=timeout)
-
 
 def reap_stale_containers(client: docker.DockerClient | None = None) -> list[str]:
     """Remove labelled containers whose owner process is dead (detached ones only once they stopped), and their
@@ -330,13 +307,11 @@ def reap_stale_containers(client: docker.DockerClient | None = None) -> list[str
         removed.append(container.name)
     return removed
 
-
 # ---- harness.reaper protocol ----
 
 def _record_container(record: Record):
     client = images.docker_client()
     return _find_container(client, record.extra.get("container_id") or record.extra.get("container"))
-
 
 def stop_record(record: Record, timeout: float) -> None:
     """Remove the container of a recorded instance; gone already is fine."""
@@ -346,11 +321,9 @@ def stop_record(record: Record, timeout: float) -> None:
             container.stop(timeout=max(1, math.ceil(timeout)))
         _remove(container)
 
-
 def record_alive(record: Record) -> bool:
     container = _record_container(record)
     return container is not None and container.status == "running"
-
 
 def record_logs(record: Record) -> str:
     """Logs of a recorded instance (for `mqtt-harness brokers logs`)."""

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Iterable
 
 from harness import brokerdefs
-from harness.broker import MQTT, MQTTS, MQTTS_MTLS, Broker, BrokerError, BrokerUnavailable
-from harness.brokerdefs import TLS_KINDS, BrokerDef
+from harness.broker import Broker, BrokerError, BrokerUnavailable
+from harness.brokerdefs import BrokerDef
 from harness.pki import Pki
 from harness.probe import tls_args_for, wait_until_ready
 from harness.ports import release_ports, reserve_ports
@@ -33,9 +33,8 @@ from harness.reaper import (
 HOST = "127.0.0.1"
 LOG_FILE = "broker.log"
 # Readiness is probed on the first of these the instance serves (NATS may serve a TLS listener only).
-PROBE_KINDS = (MQTT, MQTTS, MQTTS_MTLS)
-LOG_TAIL_LINES = 40
 
+LOG_TAIL_LINES = 40
 
 def find_binary(defn: BrokerDef) -> str:
     """Path of the broker executable; BrokerUnavailable naming the install command if it (or a required file)
@@ -58,11 +57,9 @@ def find_binary(defn: BrokerDef) -> str:
         _check_version(defn, path)
     return path
 
-
 def _version_tuple(text: str) -> tuple[int, ...]:
     match = re.search(r"\d+(\.\d+)*", text)
     return tuple(int(n) for n in match.group().split(".")) if match else ()
-
 
 def _check_version(defn: BrokerDef, path: str) -> None:
     spec = defn.process
@@ -76,7 +73,6 @@ def _check_version(defn: BrokerDef, path: str) -> None:
         raise BrokerUnavailable(f"{defn.name}: {path} is version {shown}, needs >= {spec.min_version}; "
                                 f"install: {spec.install}")
 
-
 def unavailable_reason(defn: BrokerDef) -> str | None:
     """Why `defn` cannot run as a process here (with the fix), or None if it can."""
     try:
@@ -85,11 +81,9 @@ def unavailable_reason(defn: BrokerDef) -> str | None:
         return str(exc)
     return None
 
-
 def create(definition: str | BrokerDef, *, listeners: Iterable[str] | None = None, pki: Pki | None = None,
            detached: bool = False) -> "ProcessBroker":
     return ProcessBroker(definition, listeners=listeners, pki=pki, detached=detached)
-
 
 class ProcessBroker(Broker):
     """One broker process. Listener kinds default to the profile's defaults (TLS kinds only when `pki` is given).
@@ -108,16 +102,7 @@ class ProcessBroker(Broker):
             raise BrokerUnavailable(f"{defn.name} has no process definition; run it with --backend docker")
         self.name = defn.name
         self.capabilities = defn.capabilities
-        if listeners is None:
-            listeners = [k for k in defn.default_listeners if pki is not None or k not in TLS_KINDS]
-        self.listeners = tuple(listeners)
-        defn.check_listeners(self.listeners)
-        probe = [k for k in PROBE_KINDS if k in self.listeners]
-        if not probe:
-            raise BrokerError(f"{self.name}: readiness needs an mqtt, mqtts or mqtts-mtls listener; add 'mqtt'")
-        self.probe_kind = probe[0]
-        if set(self.listeners) & set(TLS_KINDS) and pki is None:
-            raise BrokerError(f"{self.name}: TLS listeners need certificates; pass pki=harness.pki.generate_pki(dir)")
+        self.listeners, self.probe_kind = defn.plan_listeners(listeners, pki)
         self.pki = pki
         self.detached = detached
         self.state = state
@@ -245,13 +230,10 @@ class ProcessBroker(Broker):
         self.record = None
         self._proc = None
 
-
 def stop_record(record: Record, timeout: float) -> None:
     """Reaper protocol: stop the processes of a recorded instance that this process did not start."""
     kill_instance(record.id, record.pid, record.start_time, timeout)
 
-
 def record_alive(record: Record) -> bool:
     return is_running(record.pid, record.start_time) or bool(tagged_pids(record.id))
-
 
