@@ -422,7 +422,8 @@ def test_rewrite_connect_connack_acks_properties_and_raw_flags():
                       state.receive(UPSTREAM, encode(Connect("c", protocol_level=5, keepalive=60)), 0.0)
                       if isinstance(o, Send)]
     assert (connect.keepalive, connect.properties) == (5, {"session_expiry_interval": 30})
-    out = state.receive(DOWNSTREAM, encode(Connack(properties={"receive_maximum": 5, "topic_alias_maximum": 2}), 5), 0.0)
+    connack = Connack(properties={"receive_maximum": 5, "topic_alias_maximum": 2})
+    out = state.receive(DOWNSTREAM, encode(connack, 5), 0.0)
     [connack] = Decoder(5).feed(out[-1].data)
     assert connack.session_present and connack.properties == {"topic_alias_maximum": 2}
     out = state.receive(DOWNSTREAM, encode(Puback(4), 5), 0.0)

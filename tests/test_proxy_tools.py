@@ -109,8 +109,8 @@ def test_control_api_drives_the_proxy(proxy, mosquitto):
 
     assert _http(base, "POST", "/faults", {"type": "latency", "stream": "downstream",
                                            "attributes": {"latency": 1}, "name": "lag"})[0] == 200
-    status, rules = _http(base, "POST", "/rules", {"name": "gate", "match": {"type": "PUBLISH", "direction": "upstream"},
-                                                   "actions": [{"hold": "g"}]})
+    gate = {"name": "gate", "match": {"type": "PUBLISH", "direction": "upstream"}, "actions": [{"hold": "g"}]}
+    status, rules = _http(base, "POST", "/rules", gate)
     assert status == 200 and rules[0]["name"] == "gate"
     assert [f["name"] for f in _http(base, "GET", "/faults")[1]] == ["lag"]
     assert [r["name"] for r in _http(base, "GET", "/rules")[1]] == ["gate"]

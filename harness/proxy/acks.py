@@ -42,7 +42,8 @@ from harness.proxy.direction import DOWNSTREAM, UPSTREAM, opposite
 # (direction the packet travels, packet) pairs to send.
 Out = list[tuple[str, object]]
 
-_ANSWERED_BY = {8: 9, 10: 11, 12: 13, 6: 7}  # SUBSCRIBE->SUBACK, UNSUBSCRIBE->UNSUBACK, PINGREQ->PINGRESP, PUBREL->PUBCOMP
+# SUBSCRIBE->SUBACK, UNSUBSCRIBE->UNSUBACK, PINGREQ->PINGRESP, PUBREL->PUBCOMP
+_ANSWERED_BY = {8: 9, 10: 11, 12: 13, 6: 7}
 
 
 @dataclass(eq=False)

@@ -155,7 +155,8 @@ class _Route:
         self._flow_control()
 
     def _flow_control(self) -> None:
-        want = self.dest_paused or self.fifo_bytes > _HIGH_WATER or (self.source_paused and self.fifo_bytes > _LOW_WATER)
+        queued = self.fifo_bytes
+        want = self.dest_paused or queued > _HIGH_WATER or (self.source_paused and queued > _LOW_WATER)
         if want != self.source_paused:
             self.source_paused = want
             self.conn._pause_source(self.direction, want)

@@ -469,7 +469,8 @@ class Proxy:
     def close_connection(self, conn_id: int, reset: bool = False) -> None:
         self.connection(conn_id).close("closed through the proxy API", reset=reset)
 
-    def write_pcap(self, path: str | Path, connections: list[int] | None = None, server_port: int | None = None) -> Path:
+    def write_pcap(self, path: str | Path, connections: list[int] | None = None,
+                   server_port: int | None = None) -> Path:
         """Write the decoded connections (all, or those ids) to a pcap file; see harness.proxy.pcap."""
         from harness.proxy.pcap import write_pcap
 

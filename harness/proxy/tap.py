@@ -42,7 +42,10 @@ class TapEntry:
 
     def line(self, t0: float = 0.0) -> str:
         """One line: time, connection, where (C> client to proxy, >B proxy to broker, <B, C<), packet."""
-        what = summary(self.packet) if self.packet is not None else f"UNDECODABLE {self.raw[:48].hex(' ')}: {self.error}"
+        if self.packet is not None:
+            what = summary(self.packet)
+        else:
+            what = f"UNDECODABLE {self.raw[:48].hex(' ')}: {self.error}"
         return f"{self.time - t0:10.6f} c{self.connection} {_ARROWS[(self.direction, self.stage)]} {what}"
 
     def to_json(self) -> dict:

@@ -156,7 +156,8 @@ class ThreadedProxy:
     def close_connection(self, conn_id: int, reset: bool = False) -> None:
         self.call(self.proxy.close_connection, conn_id, reset)
 
-    def write_pcap(self, path: str | Path, connections: list[int] | None = None, server_port: int | None = None) -> Path:
+    def write_pcap(self, path: str | Path, connections: list[int] | None = None,
+                   server_port: int | None = None) -> Path:
         if self._thread is not None and self._thread.is_alive():
             return self.call(self.proxy.write_pcap, path, connections, server_port)
         return self.proxy.write_pcap(path, connections, server_port)
