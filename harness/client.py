@@ -104,14 +104,12 @@ class Client:
     def connack(self) -> Connack | None:
         return self.session.connack
 
-    async def open(self, timeout: float | None = None, clean: bool | None = None) -> Connack:
-        """Open the transport, send CONNECT and wait for CONNACK. Also used to reconnect."""
+    async def open_raw(self, timeout: float | None = None) -> None:
+        """Open the transport and start reading, without sending CONNECT: for tests that send their own first
+        packet with send() or send_raw() (a malformed CONNECT, or no CONNECT at all)."""
         timeout = self.timeout if timeout is None else timeout
         if self._stream is not None:
             raise HarnessError("already connected; call disconnect() or abort() first")
-        if clean is not None:
-            self.session.config.clean = clean
-        deadline = time.monotonic() + timeout
         self._stream = await open_stream(self.url, tls=self.tls, timeout=timeout, resolve=self.resolve)
         self._closed = asyncio.Event()
         self._close_reason = None
@@ -119,10 +117,18 @@ class Client:
         self.server_disconnect = None
         self._wakeup = asyncio.Event()
         self.log.new_connection(self.version)
+        self._reader = asyncio.create_task(self._read_loop(), name=f"mqtt-read-{self.name}")
+
+    async def open(self, timeout: float | None = None, clean: bool | None = None) -> Connack:
+        """Open the transport, send CONNECT and wait for CONNACK. Also used to reconnect."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        await self.open_raw(timeout)
+        if clean is not None:
+            self.session.config.clean = clean
         connack_future = self._expect(lambda p: isinstance(p, Connack))
         self.session.connect(time.monotonic())
         self._flush()
-        self._reader = asyncio.create_task(self._read_loop(), name=f"mqtt-read-{self.name}")
         try:
             connack = await self._wait(connack_future, deadline - time.monotonic(), "CONNACK")
         except ConnectionClosed as exc:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from harness.client import Client
-from harness.core.packets import Publish, Puback, Pubcomp, Pubrec, Pubrel
+from harness.core.packets import Connack, Connect, Publish, Puback, Pubcomp, Pubrec, Pubrel
 from harness.errors import TlsError
 from harness.packet_log import IN, OUT
 from harness.transport import TlsOptions
@@ -147,4 +147,19 @@ def test_packet_log_records_both_directions_in_order(mosquitto, request):
         kinds = [(e.direction, type(e.packet).__name__) for e in entries]
         assert kinds[:2] == [(OUT, "Connect"), (IN, "Connack")]
         assert (IN, "Publish") in kinds and (OUT, "Disconnect") == kinds[-1]
+    run(main())
+
+
+def test_open_raw_sends_nothing_until_told(mosquitto):
+    """open_raw() connects without CONNECT: the test's own first packet is what the broker sees."""
+    async def main():
+        client = Client(mosquitto.url("mqtt"), version="3.1.1")
+        await client.open_raw(timeout=5)
+        await client.send(Connect(client.client_id, keepalive=30, protocol_level=4))
+        connack = await client.wait_for(Connack, timeout=5)
+        assert connack.reason_code == 0 and client.connected
+        await client.ping(timeout=5)
+        await client.disconnect()
+        assert [type(e.packet).__name__ for e in client.log.entries] == [
+            "Connect", "Connack", "Pingreq", "Pingresp", "Disconnect"]
     run(main())
