@@ -330,6 +330,8 @@ def test_connect_flags(version):
     rejects(connect(will=Will("t", qos=1), will_flag=False), version, "will_flags_without_will")
     rejects(connect(will=Will("t", qos=2), will_flag=False), version, "will_flags_without_will")
     rejects(connect(will=Will("t", retain=True), will_flag=False), version, "will_retain_without_will")
+    rejects(connect(will_qos=1), version, "will_flags_without_will")  # the flags alone, no will fields
+    rejects(connect(will_retain=True), version, "will_retain_without_will")
     rejects(connect(will=Will("t", qos=3)), version, "will_qos3")
     if version < MQTT_5:
         rejects(connect(password=b"pw"), version, "password_without_username")

@@ -148,9 +148,9 @@ def _body_connect(p: Connect, _version, raw_props):
     will_flag = (will is not None) if p.will_flag is None else p.will_flag
     user_flag = (p.username is not None) if p.username_flag is None else p.username_flag
     pass_flag = (p.password is not None) if p.password_flag is None else p.password_flag
-    cflags = (user_flag << 7) | (pass_flag << 6) | bool(p.reserved)
-    if will is not None:
-        cflags |= (bool(will.retain) << 5) | ((will.qos & 3) << 3)
+    will_qos = (will.qos if will is not None else 0) if p.will_qos is None else p.will_qos
+    will_retain = (will is not None and will.retain) if p.will_retain is None else p.will_retain
+    cflags = (user_flag << 7) | (pass_flag << 6) | (bool(will_retain) << 5) | ((will_qos & 3) << 3) | bool(p.reserved)
     cflags |= will_flag << 2
     cflags |= bool(p.clean) << 1
     out = bytearray(_text(name))

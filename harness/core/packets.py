@@ -79,6 +79,8 @@ class Connect:
     reserved: bool = False  # CONNECT flags bit 0; must be 0
     # Flag overrides for malformed CONNECTs; None derives them from the fields above.
     will_flag: bool | None = None
+    will_qos: int | None = None
+    will_retain: bool | None = None
     username_flag: bool | None = None
     password_flag: bool | None = None
 
