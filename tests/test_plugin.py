@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import brokerdefs
+from harness.plugin import markers
 from harness.plugin.brokers import unavailable_reason, parse_broker
 from harness.report import load
 from harness.report.validate import validate
@@ -158,6 +159,7 @@ def test_known_limits_are_strict_xfails(pytester, mosquitto):
     ('spec("MQTT-9.9.9-9")', "unknown OASIS statement ID 'MQTT-9.9.9-9' in MQTT 3.1.1"),
     ('spec("MQTT-3.3.2-20")', "(it exists in the other version: cite it with v5='MQTT-3.3.2-20')"),
     ('spec(v311="MQTT-3.12.4-2")', "unknown OASIS statement ID 'MQTT-3.12.4-2' in MQTT 3.1.1 (given as v311=)"),
+    ('spec(v5="§five")', "spec section '§five' is not a section number; write it like '§5.4.3'"),
     ("requires(qos3=True)", "@pytest.mark.requires: unknown capability 'qos3'"),
 ])
 def test_bad_markers_are_collection_errors(pytester, marker, message):
@@ -171,6 +173,13 @@ def test_bad_markers_are_collection_errors(pytester, marker, message):
     result = run(pytester, "--broker", "mosquitto:process")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*ERROR collecting test_bad.py*", f"*test_bad.py::test_it: *{message}*"])
+
+
+def test_spec_sections_stand_in_for_untagged_rules():
+    mark = pytest.mark.spec("MQTT-3.3.2-3", v5="§5.4.3").mark
+    assert markers.spec_errors([mark], ["3.1.1", "5"]) == []
+    assert markers.statement_ids([mark], "5") == ["MQTT-3.3.2-3", "§5.4.3"]
+    assert markers.statement_ids([mark], "3.1.1") == ["MQTT-3.3.2-3"]
 
 
 @pytest.mark.parametrize("broker, message", [

@@ -3,6 +3,7 @@ limits (profile or --known-limits) that turn into strict xfails."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -11,12 +12,15 @@ from harness.plugin.brokers import BrokerUnderTest
 from harness.spec import is_known, normalize_id, statement
 
 VERSIONS = ("3.1.1", "5")
+# A spec section, cited where the rule a test checks has no tagged statement (e.g. "§5.4.3", TLS server auth).
+SECTION_PATTERN = re.compile(r"§\d+(\.\d+)*")
 VERSION_IDS = {"3.1.1": "mqtt311", "5": "mqtt5"}
 _SPEC_KEYWORDS = {"v5": "5", "v311": "3.1.1"}
 
 MARKERS = (
     "spec(*ids, v5=ids, v311=ids): OASIS normative statement IDs the test checks (IDs for every MQTT version it "
-    "runs at; v5=/v311= for one version only). Unknown IDs are a collection error.",
+    "runs at; v5=/v311= for one version only), or spec sections like '§5.4.3' where the rule has no tagged "
+    "statement. Unknown IDs are a collection error.",
     "requires(**capabilities): run only against brokers with these capabilities (e.g. qos2=True, "
     "shared_subscriptions=True, mtls=True); others skip naming the missing one. "
     "Capabilities: " + ", ".join(("qos1", "qos2", "retain", "wildcards", "shared_subscriptions", "v5", "v311",
@@ -122,6 +126,9 @@ def spec_errors(markers: list, versions: Iterable[str | None]) -> list[str]:
             if not isinstance(raw, str):
                 errors.append(f"@pytest.mark.spec({raw!r}): statement IDs are strings like 'MQTT-3.3.1-6'")
                 continue
+            if _is_section(raw):
+                errors.extend(_section_error(raw))
+                continue
             for version in versions:
                 if not is_known(raw, version):
                     where = f"MQTT {version}" if version else "MQTT 5 or 3.1.1"
@@ -131,9 +138,22 @@ def spec_errors(markers: list, versions: Iterable[str | None]) -> list[str]:
         for key, version in _SPEC_KEYWORDS.items():
             value = mark.kwargs.get(key, ())
             for raw in [value] if isinstance(value, str) else value:
-                if not is_known(raw, version):
+                if _is_section(raw):
+                    errors.extend(_section_error(raw))
+                elif not is_known(raw, version):
                     errors.append(f"unknown OASIS statement ID {raw!r} in MQTT {version} (given as {key}=)")
     return list(dict.fromkeys(errors))
+
+
+def _is_section(raw: str) -> bool:
+    return raw.strip().startswith("§")
+
+
+def _section_error(raw: str) -> list[str]:
+    # A section number cannot be checked against the catalogue (it lists tagged statements only): check its form.
+    if SECTION_PATTERN.fullmatch(raw.strip()):
+        return []
+    return [f"spec section {raw!r} is not a section number; write it like '§5.4.3'"]
 
 
 def known_limit(limits: dict[str, str], keys: Iterable[str]) -> tuple[str, str] | None:

@@ -261,6 +261,8 @@ def _area_name(area: str) -> str:
 
 
 def _statement_text(sid: str, version: str | None) -> tuple[str, str]:
+    if sid.startswith("§"):
+        return sid[1:], "(a spec section: the rule it states has no tagged normative statement)"
     try:
         stmt = statement(sid, version)
     except LookupError:
