@@ -15,7 +15,7 @@ from harness.core.packets import (
     Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Subscription, Unsuback, Unsubscribe, Will,
 )
 from harness.core.reason_codes import ALLOWED as ALLOWED_REASONS
-from harness.core.reason_codes import reason_name
+from harness.core.reason_codes import ConnackReturnCode, reason_name
 from harness.core.statements import ref
 from harness.errors import ProtocolError
 
@@ -815,7 +815,10 @@ def summary(packet) -> str:
             w = packet.will
             parts.append(f"will={w.topic!r}/q{w.qos}{'/retain' if w.retain else ''}")
     elif t == 2:
-        parts = [f"session_present={int(packet.session_present)}", f"rc={reason_name(packet.reason_code)}"]
+        rc = packet.reason_code
+        # v5 CONNACK codes are 0 or >= 0x80, so 1-5 are MQTT 3.1.x return codes (also a 3.1.x refusal of a v5 CONNECT)
+        code = ConnackReturnCode(rc).name if 0 < rc <= max(ConnackReturnCode) else reason_name(rc)
+        parts = [f"session_present={int(packet.session_present)}", f"rc={code}"]
     elif t in (4, 5, 6, 7):
         parts = [f"pid={packet.packet_id}"]
         if packet.reason_code:
