@@ -76,6 +76,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="print one line per suite result (what `mqtt-harness run` shows)")
 
 
+# Hypothesis profiles the suites' property tests scale with. Hypothesis loads --hypothesis-profile in its
+# pytest_configure, before any suite module is imported, so the names must exist by then; a conftest that
+# registered them first (tests/) keeps its own.
+HYPOTHESIS_PROFILES = {"ci": {"max_examples": 100}, "thorough": {"max_examples": 1000}}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if config.getoption("hypothesis_profile", None) not in HYPOTHESIS_PROFILES:
+        return
+    from hypothesis import settings
+    from hypothesis.errors import InvalidArgument
+
+    for name, values in HYPOTHESIS_PROFILES.items():
+        try:
+            settings.get_profile(name)
+        except InvalidArgument:
+            settings.register_profile(name, deadline=None, **values)  # real brokers: no per-example deadline
+
+
 @dataclass
 class PluginState:
     """Per-process plugin state (each xdist worker has its own, hence its own brokers)."""
