@@ -47,6 +47,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_build)
 
+    p = sub.add_parser("probe", help="discover what the broker at a URL supports (CONNACK properties and probes)")
+    p.add_argument("url", help="mqtt://, mqtts://, ws:// or wss:// URL of any broker")
+    p.add_argument("--ca")
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("-u", "--username")
+    p.add_argument("-P", "--password")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per probe (default %(default)s)")
+    p.set_defaults(func=cmd_probe)
+
     certs = subparsers.add_parser("certs", help="write a test PKI (CA, server/client certs, broken ones) and README")
     certs.add_argument("dir", metavar="DIR", type=Path)
     certs.add_argument("--force", action="store_true", help="regenerate even if a fresh set is there")
@@ -196,6 +206,33 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     how = f"built in {image.seconds:.2f}s" if image.built else "up to date"
     print(f"{image.tag} ({image.image_id[:19]}, {image.size_bytes / 1e6:.1f} MB): {how}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from harness.discovery import discover
+    from harness.errors import HarnessError
+    from harness.transport import TlsOptions
+
+    tls = TlsOptions(ca=args.ca, cert=args.cert, key=args.key) if (args.ca or args.cert or args.key) else None
+    try:
+        found = asyncio.run(discover(args.url, tls=tls, username=args.username, password=args.password,
+                                     timeout=args.timeout))
+    except (BrokerError, HarnessError) as exc:
+        raise CliError(str(exc)) from None
+    caps = found.capabilities
+    print(f"{args.url}{'  (' + found.version + ')' if found.version else ''}")
+    print(f"  MQTT versions          {', '.join(caps.versions)}")
+    print(f"  maximum QoS            {caps.max_qos}")
+    print(f"  retain                 {'yes' if caps.retain else 'no'}")
+    print(f"  wildcard subscriptions {'yes' if caps.wildcards else 'no'}")
+    print(f"  shared subscriptions   {'yes' if caps.shared_subscriptions else 'no'}")
+    print(f"  maximum packet size    {caps.max_packet_size if caps.max_packet_size else 'not declared'}")
+    print(f"  receive maximum        {caps.receive_maximum if caps.receive_maximum else 'not declared'}")
+    for note in found.notes:
+        print(f"  - {note}")
     return 0
 
 

@@ -20,6 +20,8 @@ from harness.errors import ConnectError, ConnectionClosed, HarnessError, Timeout
 from harness.transport import TlsOptions
 
 SYS_VERSION_TOPIC = "$SYS/broker/version"
+# Payload sizes tried, in order, until one is refused or not delivered (a broker may close the connection).
+PACKET_PROBE_SIZES = (1024, 64 * 1024, 256 * 1024, 1024 * 1024)
 
 
 @dataclass
@@ -53,6 +55,10 @@ async def discover(url: str, *, tls: TlsOptions | None = None, username: str | N
         else:
             found.notes.append(f"MQTT 5 refused ({errors['5']}): capabilities probed over MQTT 3.1.1")
             await _probe(clients["3.1.1"], found, topic_prefix, timeout)
+        if caps.max_packet_size is None:
+            caps.max_packet_size = await _largest_packet(url, connect, max(clients), topic_prefix, timeout)
+            found.notes.append(f"largest PUBLISH delivered (probed up to {PACKET_PROBE_SIZES[-1]} B): "
+                               f"{caps.max_packet_size} B")
         found.version = await _sys_version(next(iter(clients.values())), timeout)
         return found
     finally:
@@ -104,6 +110,31 @@ async def _delivers(client: Client, topic_filter: str, publish_to: str | None, t
             got = (await client.receive(timeout=timeout)).topic == expected
     await client.unsubscribe(topic_filter, timeout=timeout)
     return got
+
+
+async def _largest_packet(url: str, connect: dict, version: str, prefix: str, timeout: float) -> int | None:
+    """The largest payload size in PACKET_PROBE_SIZES that the broker accepts and delivers back, each on a fresh
+    connection (an oversized PUBLISH may cost the connection). None if even the smallest fails."""
+    largest = None
+    for size in PACKET_PROBE_SIZES:
+        try:
+            client = await Client.connect(url, version=version, **connect)
+        except (ConnectError, ConnectionClosed, Timeout):
+            break
+        try:
+            topic = f"{prefix}{client.client_id}/size"
+            await client.subscribe(topic, qos=1, timeout=timeout)
+            await client.publish(topic, bytes(size), qos=1, timeout=timeout)
+            message = await client.receive(timeout=timeout)
+            if len(message.payload) != size:
+                break
+            largest = size
+        except (ConnectionClosed, Timeout, HarnessError):
+            break
+        finally:
+            with contextlib.suppress(HarnessError, OSError):
+                await client.close()
+    return largest
 
 
 async def _sys_version(client: Client, timeout: float) -> str:
