@@ -75,15 +75,15 @@ async def test_newer_retained_message_replaces_the_stored_one(client_factory, to
         await expect_nothing(sub)
 
 
-@pytest.mark.spec(v311="MQTT-3.3.1-7")
-@pytest.mark.v311_only  # MQTT 5 stores a QoS 0 retained message like any other (MQTT-3.3.1-5)
+@pytest.mark.spec(v311="MQTT-3.3.1-7", v5="MQTT-3.3.1-5")
 async def test_qos0_retained_message_discards_the_stored_one(client_factory, topic):
     async with retaining(client_factory) as retained:
         await retained.put(topic + "a", b"old", qos=1)
         await retained.put(topic + "a", b"new", qos=0)
         sub = await client_factory()
         await sub.subscribe(topic + "a", qos=1)
-        # the server SHOULD keep the QoS 0 message but MAY discard it; the old one MUST be gone
+        # the server SHOULD keep the QoS 0 message but MAY discard it (3.1.1 §3.3.1.3, 5 §3.3.1.3); the old one
+        # MUST be gone
         await sub.ping()  # barrier: the retained message, if any, has arrived
         old = [m for m in sub.pending_messages() if m.payload == b"old"]
         assert not old, f"the replaced retained message was sent: {old}"
@@ -178,7 +178,7 @@ async def test_retained_message_qos_is_the_minimum_of_stored_and_granted_qos(cli
         sub = await client_factory()
         granted = (await sub.subscribe(topic + "a", qos=sub_qos)).reason_codes[0]
         assert granted <= sub_qos, f"SUBACK granted QoS {granted} for a QoS {sub_qos} subscription"
-        if stored_qos == 0:  # MQTT 3.1.1 lets a broker discard a QoS 0 retained message (MQTT-3.3.1-7)
+        if stored_qos == 0:  # a broker MAY discard a QoS 0 retained message (§3.3.1.3 in 3.1.1 and 5)
             await sub.ping()  # barrier: the retained message, if any, has arrived
             assert all(m.qos == 0 for m in sub.pending_messages()), sub.pending_messages()
         else:
