@@ -72,6 +72,7 @@ class Client:
         self.violations: list[Violation] = []
         self.discarded: list[SessionDiscarded] = []
         self.server_disconnect = None  # the DISCONNECT the server sent, if any
+        self.closed_at: float | None = None  # time.monotonic() when the connection closed, for timing tests
         self._stream = None
         self._reader: asyncio.Task | None = None
         self._timer: asyncio.Task | None = None
@@ -115,6 +116,7 @@ class Client:
         self._close_reason = None
         self._close_error = None
         self.server_disconnect = None
+        self.closed_at = None
         self._wakeup = asyncio.Event()
         self.log.new_connection(self.version)
         self._reader = asyncio.create_task(self._read_loop(), name=f"mqtt-read-{self.name}")
@@ -242,6 +244,8 @@ class Client:
 
     def _on_closed(self, reason: str) -> None:
         self._close_reason = reason
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
         self.session.connection_lost()
         if self._closed is not None:
             self._closed.set()

@@ -5,6 +5,7 @@ packet log.
     msg = await expect_packet(sub, Publish, topic=topic + "a", qos=1, payload=b"x")
     await expect_nothing(sub, after=pub)  # no PUBLISH (or DISCONNECT) arrived: PINGREQ barriers, no sleeping
     reason = await expect_closed(client)  # the broker closed the connection
+    [disconnect] = received(client, Disconnect)  # what arrived so far, whatever the position
 
 Each function reads the client's packet log (so the client must keep one: the default) from a position it keeps
 per client: a packet, once matched, is not matched again, and expect_nothing() looks at everything received since
@@ -41,6 +42,12 @@ class ExpectationFailed(AssertionError):
         self.client_name = client.name
         self.expected = expected
         self.actual = actual
+
+
+def received(client: Client, kind: type = object) -> list:
+    """Every packet of `kind` the client received so far (all its connections), without moving the expectation
+    position: for checks on what a broker may or may not have sent, e.g. an optional DISCONNECT before a close."""
+    return [e.packet for e in _entries(client) if e.direction == IN and isinstance(e.packet, kind)]
 
 
 def mark(client: Client) -> None:
