@@ -9,13 +9,15 @@ import pytest
 from harness.core.codec import Decoder, encode
 from harness.core.packets import (
     Connack, Connect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe,
-    Subscription,
+    Subscription, Unsuback, Unsubscribe,
 )
 from harness.proxy import faults as F
 from harness.proxy.config import parse_config
 from harness.proxy.direction import DOWNSTREAM, UPSTREAM, parse_direction
 from harness.proxy.framing import Framer, peek_protocol_level
-from harness.proxy.rules import Rule, action_from_dict, packet_from_dict, topic_matches, when
+from harness.proxy.rules import (
+    Duplicate, Rule, Swallow, action_from_dict, action_to_dict, packet_from_dict, topic_matches, when,
+)
 from harness.proxy.state import Close, ConnectionState, DecodeFailed, Fired, Send
 
 # ------------------------------------------------------------------------------------ framing
@@ -314,6 +316,47 @@ def test_duplicate_subscribe_and_pingreq_swallow_extra_answers():
     assert pipe.down(Suback(4, [0])) == []
     assert len(pipe.up(Pingreq())) == 2
     assert pipe.down(Pingresp(), Pingresp()) == [(D, Pingresp())]
+
+
+def test_match_on_payload_and_reason_code():
+    pipe = Pipe(when("PUBLISH", payload=b"").drop(), when("CONNACK", reason_code=0).rewrite(session_present=True))
+    assert pipe.up(Publish("t", b"", retain=True)) == []
+    assert pipe.up(Publish("t", b"x")) == [(U, Publish("t", b"x"))]
+    assert pipe.down(Connack(reason_code=0)) == [(D, Connack(session_present=True))]
+    assert pipe.down(Connack(reason_code=5)) == [(D, Connack(reason_code=5))]
+    rule = Rule.from_dict({"match": {"type": "PUBLISH", "payload": "", "reason_code": None}, "action": "drop"})
+    assert rule.match.payload == b"" and rule.to_dict()["match"]["payload"] == ""
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_swallow_answers_the_sender_as_the_receiver_would(version):
+    pipe = Pipe(when(["PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PINGREQ"], direction="upstream").swallow(),
+                version=version)
+    assert pipe.up(Publish("t", b"q0")) == []
+    assert pipe.up(Publish("t", b"q1", 1, packet_id=4)) == [(D, Puback(4))]
+    assert pipe.up(Publish("t", b"q2", 2, packet_id=5)) == [(D, Pubrec(5))]
+    assert pipe.up(Pubrel(5)) == [(D, Pubcomp(5))]
+    assert pipe.up(Subscribe(6, [Subscription("a", 1), Subscription("b", 2)])) == [(D, Suback(6, [1, 2]))]
+    assert pipe.up(Unsubscribe(7, ["a", "b"])) == [(D, Unsuback(7, [0, 0] if version == 5 else []))]
+    assert pipe.up(Pingreq()) == [(D, Pingresp())]
+    assert pipe.state.ledger.open_exchanges == 0
+    assert action_from_dict("swallow") == Swallow() and action_to_dict(Swallow()) == "swallow"
+
+
+def test_duplicate_with_new_ids_makes_distinct_messages_and_completes_their_flows():
+    pipe = Pipe(when("PUBLISH", direction="downstream").duplicate(dup=False, new_id=True))
+    p = Publish("t", b"m", 2, packet_id=5)
+    assert pipe.down(p) == [(D, p), (D, Publish("t", b"m", 2, packet_id=65535))]
+    assert pipe.up(Pubrec(5)) == [(U, Pubrec(5))]
+    assert pipe.up(Pubrec(65535)) == [(D, Pubrel(65535))]  # the proxy releases its copy itself
+    assert pipe.down(Pubrel(5)) == [(D, Pubrel(5))]
+    assert pipe.up(Pubcomp(5)) == [(U, Pubcomp(5))]
+    assert pipe.up(Pubcomp(65535)) == []
+    assert pipe.state.ledger.open_exchanges == 0
+    q1 = Pipe(when("PUBLISH", direction="downstream").duplicate(2, new_id=True))
+    assert [pid for _, m in q1.down(Publish("t", b"m", 1, packet_id=1)) for pid in [m.packet_id]] == [1, 65535, 65534]
+    assert q1.up(Puback(65535)) == [] and q1.up(Puback(1)) == [(U, Puback(1))]
+    assert action_from_dict({"duplicate": {"new_id": True}}) == Duplicate(1, True, True)
 
 
 # (S, R): sender QoS, receiver QoS. Each row: what the receiver answers, and what each side then sees.

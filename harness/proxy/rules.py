@@ -70,7 +70,9 @@ class Match:
     `topic` is an MQTT topic filter: it matches a PUBLISH's topic name; SUBSCRIBE/UNSUBSCRIBE when
     one of their filters matches it (or equals it); PUBACK/PUBREC/PUBREL/PUBCOMP through the topic
     of the PUBLISH they acknowledge (when the proxy saw that PUBLISH). `qos` works the same way for
-    PUBLISH and its acks, and matches SUBSCRIBE if any subscription requests that QoS.
+    PUBLISH and its acks, and matches SUBSCRIBE if any subscription requests that QoS. `payload`
+    (PUBLISH only) is the exact payload, e.g. b"" for the empty message that clears a retained one;
+    `reason_code` matches packets that carry one (a CONNACK's return code in 3.1.1).
     """
 
     direction: str = BOTH
@@ -81,9 +83,13 @@ class Match:
     retain: bool | None = None
     dup: bool | None = None
     packet_id: int | None = None
+    payload: bytes | None = None
+    reason_code: int | None = None
 
     def __post_init__(self) -> None:
         self.direction = parse_direction(self.direction)
+        if self.payload is not None:
+            self.payload = _bytes(self.payload)
         if self.type is not None:
             names = [self.type] if isinstance(self.type, (str, int, PacketType)) else list(self.type)
             self.type = frozenset(parse_packet_type(n) for n in names)
@@ -105,6 +111,10 @@ class Match:
         if self.dup is not None and (t != 3 or packet.dup != self.dup):
             return False
         if self.packet_id is not None and getattr(packet, "packet_id", None) != self.packet_id:
+            return False
+        if self.payload is not None and (t != 3 or packet.payload != self.payload):
+            return False
+        if self.reason_code is not None and getattr(packet, "reason_code", None) != self.reason_code:
             return False
         if self.topic is not None or self.qos is not None:
             return self._topic_qos(packet, about)
@@ -132,9 +142,9 @@ class Match:
         out = {"direction": self.direction}
         if self.type is not None:
             out["type"] = sorted(t.name for t in self.type)
-        for key in ("topic", "qos", "client_id", "retain", "dup", "packet_id"):
+        for key in ("topic", "qos", "client_id", "retain", "dup", "packet_id", "payload", "reason_code"):
             if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
+                out[key] = _jsonable(getattr(self, key))
         return out
 
 
@@ -159,10 +169,20 @@ class Delay:
 
 @dataclass(frozen=True)
 class Duplicate:
-    """Forward the packet, then `count` copies; copies of a QoS>0 PUBLISH get DUP=1 when `dup`."""
+    """Forward the packet, then `count` copies; copies of a QoS>0 PUBLISH get DUP=1 when `dup`. With
+    `new_id`, copies of a QoS>0 PUBLISH are new messages instead: DUP=0, each under a packet id the
+    proxy picks, their acks handled by the proxy (the receiver sees distinct deliveries)."""
 
     count: int = 1
     dup: bool = True
+    new_id: bool = False
+
+
+@dataclass(frozen=True)
+class Swallow:
+    """Do not forward the packet, and answer its sender as the receiver would have: PUBACK, or PUBREC
+    (then PUBCOMP to its PUBREL), SUBACK granting what was asked, UNSUBACK (success), PINGRESP, PUBCOMP
+    for a PUBREL. Packets that draw no answer are just dropped."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +218,7 @@ class Close:
     reset: bool = False
 
 
-Action = Union[Drop, Delay, Duplicate, Rewrite, Inject, Hold, Close]
+Action = Union[Drop, Swallow, Delay, Duplicate, Rewrite, Inject, Hold, Close]
 
 # Fields that exist on no packet dataclass but that a rewrite understands.
 _SPECIAL_FIELDS = {"flags"}
@@ -261,8 +281,11 @@ class Rule:
     def delay(self, seconds: float) -> "Rule":
         return self._add(Delay(seconds))
 
-    def duplicate(self, count: int = 1, dup: bool = True) -> "Rule":
-        return self._add(Duplicate(count, dup))
+    def swallow(self) -> "Rule":
+        return self._add(Swallow())
+
+    def duplicate(self, count: int = 1, dup: bool = True, new_id: bool = False) -> "Rule":
+        return self._add(Duplicate(count, dup, new_id))
 
     def rewrite(self, **fields) -> "Rule":
         return self._add(Rewrite(fields))
@@ -323,11 +346,12 @@ class Rule:
 
 def when(type=None, *, direction: str = BOTH, topic: str | None = None, qos: int | None = None,
          client_id: str | None = None, retain: bool | None = None, dup: bool | None = None,
-         packet_id: int | None = None, nth: int | None = None, times: int | None = None,
-         scope: str = "connection", name: str = "", fix_acks: bool = True) -> Rule:
+         packet_id: int | None = None, payload: bytes | str | None = None, reason_code: int | None = None,
+         nth: int | None = None, times: int | None = None, scope: str = "connection", name: str = "",
+         fix_acks: bool = True) -> Rule:
     """Start a rule; add actions by chaining: ``when("PUBACK", nth=2).drop()``."""
-    return Rule(Match(direction, type, topic, qos, client_id, retain, dup, packet_id), [], name, nth, times,
-                scope, fix_acks)
+    return Rule(Match(direction, type, topic, qos, client_id, retain, dup, packet_id, payload, reason_code), [],
+                name, nth, times, scope, fix_acks)
 
 
 def _field_names(cls) -> set[str]:
@@ -348,7 +372,7 @@ def _check_action(action):
             raise ValueError(f"inject needs a packet object or raw bytes, got {action.packet!r}")
     if isinstance(action, Close) and action.when not in WHEN:
         raise ValueError(f"close/reset when={action.when!r}; use before or after")
-    if not isinstance(action, (Drop, Delay, Duplicate, Rewrite, Inject, Hold, Close)):
+    if not isinstance(action, (Drop, Swallow, Delay, Duplicate, Rewrite, Inject, Hold, Close)):
         raise ValueError(f"not a rule action: {action!r}")
     return action
 
@@ -356,7 +380,8 @@ def _check_action(action):
 # ------------------------------------------------------------------------------- dict forms
 
 def action_from_dict(data) -> Action:
-    """'drop' | {'delay': 0.5} | {'duplicate': {'count': 2, 'dup': true}} | {'rewrite': {...}} |
+    """'drop' | 'swallow' | {'delay': 0.5} | {'duplicate': {'count': 2, 'dup': true, 'new_id': false}} |
+    {'rewrite': {...}} |
     {'inject': {'packet': {...} | 'raw': 'hex', 'where': ..., 'direction': ...}} | 'hold' | {'hold': name} |
     'close' | {'close': 'before'} | 'reset' | {'reset': 'after'}."""
     if isinstance(data, str):
@@ -367,6 +392,8 @@ def action_from_dict(data) -> Action:
         raise ValueError(f"an action is a name or a one-key mapping, got {data!r}")
     if key == "drop":
         return Drop()
+    if key == "swallow":
+        return Swallow()
     if key == "delay":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ValueError(f"delay takes seconds, e.g. {{delay: 0.5}}; got {value!r}")
@@ -374,7 +401,7 @@ def action_from_dict(data) -> Action:
     if key == "duplicate":
         if value is None or isinstance(value, int):
             return _check_action(Duplicate(value or 1))
-        return _check_action(Duplicate(**_only(value, {"count", "dup"}, "duplicate")))
+        return _check_action(Duplicate(**_only(value, {"count", "dup", "new_id"}, "duplicate")))
     if key == "rewrite":
         if not isinstance(value, dict) or not value:
             raise ValueError("rewrite takes a mapping of fields, e.g. {rewrite: {retain: true}}")
@@ -389,7 +416,8 @@ def action_from_dict(data) -> Action:
         return Hold(value if value is None else str(value))
     if key in ("close", "reset"):
         return _check_action(Close(value or "after", reset=key == "reset"))
-    raise ValueError(f"unknown action {key!r}; known: drop, delay, duplicate, rewrite, inject, hold, close, reset")
+    raise ValueError(f"unknown action {key!r}; known: drop, swallow, delay, duplicate, rewrite, inject, hold, close, "
+                     "reset")
 
 
 def _only(value, allowed: set, what: str) -> dict:
@@ -404,10 +432,13 @@ def _only(value, allowed: set, what: str) -> dict:
 def action_to_dict(action) -> object:
     if isinstance(action, Drop):
         return "drop"
+    if isinstance(action, Swallow):
+        return "swallow"
     if isinstance(action, Delay):
         return {"delay": action.seconds}
     if isinstance(action, Duplicate):
-        return {"duplicate": {"count": action.count, "dup": action.dup}}
+        extra = {"new_id": True} if action.new_id else {}
+        return {"duplicate": {"count": action.count, "dup": action.dup, **extra}}
     if isinstance(action, Rewrite):
         return {"rewrite": {k: _jsonable(v) for k, v in action.fields.items()}}
     if isinstance(action, Inject):

@@ -20,12 +20,12 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from harness.core.codec import Decoder, encode
-from harness.core.packets import MQTT_3_1_1, MQTT_5, Publish, Subscription
+from harness.core.packets import MQTT_3_1_1, MQTT_5, Pingresp, Pubcomp, Publish, Suback, Subscription, Unsuback
 from harness.errors import ProtocolError
 from harness.proxy.acks import AckLedger, answers_expected
 from harness.proxy.direction import DOWNSTREAM, UPSTREAM, opposite
 from harness.proxy.rules import Close as CloseAction
-from harness.proxy.rules import Delay, Drop, Duplicate, Hold, Inject, Rewrite, Rule, _bytes
+from harness.proxy.rules import Delay, Drop, Duplicate, Hold, Inject, Rewrite, Rule, Swallow, _bytes
 
 
 class Send(NamedTuple):
@@ -64,6 +64,7 @@ class HeldPacket(NamedTuple):
     flags: int | None
     copies: int
     dup: bool
+    new_id: bool = False
 
 
 class ConnectionState:
@@ -135,10 +136,10 @@ class ConnectionState:
             about = self.ledger.ack_of(direction, packet)
 
         cur, cur_raw = packet, raw
-        drop = False
+        drop = swallow = False
         hold = None
         delay = 0.0
-        copies, dup = 0, True
+        copies, dup, new_id = 0, True, False
         flags = None
         fix = True
         close_before = close_after = None
@@ -151,11 +152,13 @@ class ConnectionState:
             for a in rule.actions:
                 if isinstance(a, Drop):
                     drop = True
+                elif isinstance(a, Swallow):
+                    drop = swallow = True
                 elif isinstance(a, Delay):
                     delay += a.seconds
                 elif isinstance(a, Duplicate):
                     copies += a.count
-                    dup = a.dup
+                    dup, new_id = a.dup, a.new_id
                 elif isinstance(a, Rewrite):
                     cur = rewrite(cur, a.fields)
                     flags = a.fields.get("flags", flags)
@@ -182,9 +185,11 @@ class ConnectionState:
             return
         if hold is not None:
             self.holds.setdefault(hold, deque()).append(
-                HeldPacket(hold, direction, cur, packet, cur_raw, now, fix, flags, copies, dup))
+                HeldPacket(hold, direction, cur, packet, cur_raw, now, fix, flags, copies, dup, new_id))
+        elif swallow:
+            out.extend(Send(d, self._encode(p), delay) for d, p in self._answer(direction, cur))
         elif not drop:
-            self._emit(direction, cur, packet, cur_raw, fix, flags, delay, copies, dup, out)
+            self._emit(direction, cur, packet, cur_raw, fix, flags, delay, copies, dup, out, new_id)
         for target, p, fix_inject in after:
             self._inject(target, p, fix_inject, out)
         if close_after is not None:
@@ -222,9 +227,36 @@ class ConnectionState:
         return (table.get(alias, ""), p.qos)
 
     # ------------------------------------------------------------------ output
-    def _emit(self, direction: str, packet, original, raw: bytes | None, fix: bool, flags: int | None,
-              delay: float, copies: int, dup: bool, out: list) -> None:
+    def _answer(self, direction: str, packet) -> list:
+        """What the receiver of a swallowed packet would have answered: (direction, packet) pairs."""
         t = packet.TYPE
+        back = opposite(direction)
+        if t == 3:
+            if not packet.qos:
+                return []
+            # As a PUBLISH the receiver got at QoS 0: the ledger acks it, and answers a QoS 2 sender's PUBREL.
+            return self.ledger.publish(direction, replace(packet, qos=0, packet_id=None, dup=False), packet)[1]
+        if t == 6:
+            return [(back, Pubcomp(packet.packet_id))]
+        if t == 8:
+            return [(back, Suback(packet.packet_id, [s.qos for s in packet.subscriptions]))]
+        if t == 10:
+            codes = [0] * len(packet.topic_filters) if self.version >= MQTT_5 else []
+            return [(back, Unsuback(packet.packet_id, codes))]
+        if t == 12:
+            return [(back, Pingresp())]
+        return []
+
+    def _emit(self, direction: str, packet, original, raw: bytes | None, fix: bool, flags: int | None,
+              delay: float, copies: int, dup: bool, out: list, new_id: bool = False) -> None:
+        t = packet.TYPE
+        if new_id and copies and t == 3 and packet.qos:
+            # Copies as new messages: each one like a PUBLISH the proxy injects (its own id, its acks ours).
+            self._emit(direction, packet, original, raw, fix, flags, delay, 0, dup, out)
+            for _ in range(copies):
+                copy, _ = self.ledger.publish(direction, replace(packet, dup=False, packet_id=None), None)
+                out.append(Send(direction, self._encode(copy, flags), delay))
+            return
         replies: list = []
         if fix:
             if t == 3 and (packet.qos or original.qos):
@@ -278,7 +310,8 @@ class ConnectionState:
         n = 0
         while queue and (count is None or n < count):
             h = queue.popleft()
-            self._emit(h.direction, h.packet, h.original, h.raw, h.fix, h.flags, 0.0, h.copies, h.dup, out)
+            self._emit(h.direction, h.packet, h.original, h.raw, h.fix, h.flags, 0.0, h.copies, h.dup, out,
+                       h.new_id)
             n += 1
         if queue is not None and not queue:
             del self.holds[hold]
