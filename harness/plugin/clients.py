@@ -25,6 +25,8 @@ class ClientFactory:
     connect    False returns the client unconnected (call `await client.open()`, e.g. to check a refusal)
     cert       client certificate on mqtts-mtls: "client", "client_untrusted", "client_expired" or None
     name       label in logs and reports (default c1, c2, ...)
+    url        connect here instead of the broker's `kind` listener, e.g. a proxy in front of it (TLS options
+               still follow `kind`)
     Anything else goes to harness.client.Client (client_id, clean, keepalive, will, properties, manual_acks, ...).
     """
 
@@ -36,11 +38,11 @@ class ClientFactory:
 
     async def __call__(self, kind: str = MQTT, version: str | None = None, *, connect: bool = True,
                        cert: str | None = "client", name: str | None = None, tls: Any = MISSING,
-                       **kwargs: Any) -> Client:
+                       url: str | None = None, **kwargs: Any) -> Client:
         for key, value in self.broker.credentials.items():
             kwargs.setdefault(key, value)
         kwargs.setdefault("timeout", self.timeout)
-        client = Client(self.broker.url(kind), version=version or self.version,
+        client = Client(url or self.broker.url(kind), version=version or self.version,
                         tls=self.broker.tls(kind, cert) if tls is MISSING else tls,
                         name=name or f"c{len(self.clients) + 1}", **kwargs)
         self.clients.append(client)
