@@ -155,6 +155,22 @@ def test_known_limits_are_strict_xfails(pytester, mosquitto):
     assert outcome == "failed" and "XPASS(strict)" in reason and "documented bug 2" in reason
 
 
+def test_known_limit_can_name_one_mqtt_version(pytester, mosquitto):
+    url = mosquitto.url("mqtt")
+    pytester.makepyfile(test_limits="""
+        async def test_fails_at_5(client_factory, mqtt_version):
+            await client_factory()
+            assert mqtt_version == "3.1.1"
+    """)
+    pytester.path.joinpath("limits.yaml").write_text(f"'{url}':\n  test_fails_at_5[mqtt5]: documented bug\n")
+    result = run(pytester, "--broker", url, "--known-limits", "limits.yaml", "--report-dir", "out")
+    assert result.ret == 0
+    got = {version: value for (_, _, version), value in outcomes(pytester.path / "out").items()}
+    assert got["3.1.1"][0] == "passed"
+    outcome, reason = got["5"]
+    assert outcome == "xfailed" and "documented bug" in reason
+
+
 @pytest.mark.parametrize("marker, message", [
     ('spec("MQTT-9.9.9-9")', "unknown OASIS statement ID 'MQTT-9.9.9-9' in MQTT 3.1.1"),
     ('spec("MQTT-3.3.2-20")', "(it exists in the other version: cite it with v5='MQTT-3.3.2-20')"),

@@ -281,8 +281,10 @@ def canonical_test_id(item: pytest.Item) -> str:
 def _limit_keys(item: pytest.Item) -> list[str]:
     name = getattr(item, "originalname", item.name)
     area = Path(str(item.path)).stem
-    return [name, f"{area}::{name}", canonical_test_id(item),
-            *markers.statement_ids(item.iter_markers("spec"), _version_of(item))]
+    version = _version_of(item)
+    at_version = [f"{name}[{markers.VERSION_IDS[version]}]"] if version else []  # e.g. test_x[mqtt5]
+    return [name, *at_version, f"{area}::{name}", canonical_test_id(item),
+            *markers.statement_ids(item.iter_markers("spec"), version)]
 
 
 # ---------------------------------------------------------------------------------------------------- running
