@@ -6,6 +6,7 @@ packet log.
     await expect_nothing(sub, after=pub)  # no PUBLISH (or DISCONNECT) arrived: PINGREQ barriers, no sleeping
     reason = await expect_closed(client)  # the broker closed the connection
     [disconnect] = received(client, Disconnect)  # what arrived so far, whatever the position
+    messages = await collect(sub, 500, after=pub)  # wait for 500 PUBLISH, barrier, all PUBLISH since the position
 
 Each function reads the client's packet log (so the client must keep one: the default) from a position it keeps
 per client: a packet, once matched, is not matched again, and expect_nothing() looks at everything received since
@@ -101,26 +102,42 @@ async def expect_nothing(client: Client, kinds: tuple[type, ...] = UNSOLICITED, 
     handled first. Each one pings before `client` does: a broker answers a connection's packets in order, but
     packets of different connections may be handled in any order."""
     __tracebackhide__ = True
-    for other in [after] if isinstance(after, Client) else after:
-        await other.ping(timeout=timeout)
     shown = "/".join(k.__name__.upper() for k in kinds)
     start = _cursors.get(client, 0)
-    sent_at = len(_entries(client))
-    try:
-        await client.ping(timeout=timeout)
-    except (ConnectionClosed, Timeout) as exc:
-        entries = _entries(client)
-        _fail(client, f"{client.name}: expected no {shown} and a PINGRESP, but {exc}", "PINGRESP (and nothing else)",
-              entries[start:], None, {})
-    entries = _entries(client)
-    barrier = next(i for i in range(sent_at, len(entries))
-                   if entries[i].direction == IN and isinstance(entries[i].packet, Pingresp))
+    entries, barrier = await _barrier(client, after, timeout, f"expected no {shown} and a PINGRESP")
     unexpected = [e for e in entries[start:barrier]
                   if e.direction == IN and (e.packet is None or isinstance(e.packet, kinds))]
-    _cursors[client] = barrier + 1
     if unexpected:
         _fail(client, f"{client.name}: expected no {shown} before the PINGRESP barrier, got {len(unexpected)}",
               f"nothing ({shown}), then PINGRESP", unexpected, None, {})
+
+
+async def collect(client: Client, count: int, *, after: Client | Iterable[Client] = (),
+                  timeout: float | None = None) -> list[Publish]:
+    """Wait until `count` PUBLISH packets arrived since the last expectation (or `timeout` passed), then take a
+    PINGREQ barrier (`after` clients ping first, as in expect_nothing) and return every PUBLISH received since the
+    last expectation, up to the barrier, in order. For checks on a whole set of deliveries (order, duplicates,
+    which topics): arriving short is not a failure here, the caller's assertion says what is missing."""
+    __tracebackhide__ = True
+    timeout = client.timeout if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    start = scanned = _cursors.get(client, 0)
+    arrived = 0
+    event = _event(client)
+    while not client.is_closed:
+        entries = _entries(client)
+        arrived += sum(1 for e in entries[scanned:] if e.direction == IN and isinstance(e.packet, Publish))
+        scanned = len(entries)
+        remaining = deadline - time.monotonic()
+        if arrived >= count or remaining <= 0:
+            break
+        event.clear()
+        try:
+            await asyncio.wait_for(event.wait(), remaining)
+        except asyncio.TimeoutError:
+            pass
+    entries, barrier = await _barrier(client, after, timeout, f"expected {count} PUBLISH and a PINGRESP")
+    return [e.packet for e in entries[start:barrier] if e.direction == IN and isinstance(e.packet, Publish)]
 
 
 async def expect_closed(client: Client, *, timeout: float | None = None) -> str:
@@ -135,6 +152,26 @@ async def expect_closed(client: Client, *, timeout: float | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- internals
+
+async def _barrier(client: Client, after: Client | Iterable[Client], timeout: float | None,
+                   failure: str) -> tuple[list[LogEntry], int]:
+    """PINGREQ round trips (`after` clients first, then `client`); returns the log and the index of `client`'s
+    PINGRESP, and moves the expectation position past it."""
+    __tracebackhide__ = True
+    for other in [after] if isinstance(after, Client) else after:
+        await other.ping(timeout=timeout)
+    start = _cursors.get(client, 0)
+    sent_at = len(_entries(client))
+    try:
+        await client.ping(timeout=timeout)
+    except (ConnectionClosed, Timeout) as exc:
+        _fail(client, f"{client.name}: {failure}, but {exc}", "PINGRESP", _entries(client)[start:], None, {})
+    entries = _entries(client)
+    barrier = next(i for i in range(sent_at, len(entries))
+                   if entries[i].direction == IN and isinstance(entries[i].packet, Pingresp))
+    _cursors[client] = barrier + 1
+    return entries, barrier
+
 
 def _entries(client: Client) -> list[LogEntry]:
     if not client.log.enabled:

@@ -280,6 +280,29 @@ def test_failures_explain_themselves_and_tests_have_time_limits(pytester):
     assert hung.artifacts.clients[0].packets[-1]["packet"] == "DISCONNECT()"  # closed in the test's own loop
 
 
+def test_collect_waits_for_a_count_then_takes_a_barrier(pytester):
+    require_process("mosquitto")
+    pytester.makepyfile(test_collect="""
+        import pytest
+        from harness.expect import collect, expect_nothing
+
+        @pytest.mark.v311_only
+        async def test_collect(client_factory, topic):
+            sub = await client_factory()
+            pub = await client_factory()
+            await sub.subscribe(topic + "a", qos=1)
+            for i in range(5):
+                pub.publish_nowait(topic + "a", b"%d" % i, qos=1)
+            got = await collect(sub, 5, after=pub)
+            assert [m.payload for m in got] == [b"0", b"1", b"2", b"3", b"4"]
+            await expect_nothing(sub)  # collect() moved the position past what it returned
+            await pub.publish(topic + "a", b"5", qos=1)
+            short = await collect(sub, 2, after=pub, timeout=0.2)  # one arrives; short is not a failure
+            assert [m.payload for m in short] == [b"5"]
+    """)
+    run(pytester, "--broker", "mosquitto:process").assert_outcomes(passed=1)
+
+
 def test_xdist_workers_run_their_own_brokers(pytester):
     require_process("mosquitto")
     shutil.copy(SMOKE, pytester.path / SMOKE.name)
