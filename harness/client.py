@@ -457,6 +457,8 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         if self._closed is None:
             return self._close_reason or "never opened"
+        if self._closed.is_set():  # asyncio.wait_for(..., 0) would time out even on a set event
+            return self._close_reason
         try:
             await asyncio.wait_for(self._closed.wait(), timeout)
         except asyncio.TimeoutError:

@@ -163,3 +163,14 @@ def test_open_raw_sends_nothing_until_told(mosquitto):
         assert [type(e.packet).__name__ for e in client.log.entries] == [
             "Connect", "Connack", "Pingreq", "Pingresp", "Disconnect"]
     run(main())
+
+
+def test_wait_closed_returns_at_once_when_already_closed(mosquitto):
+    """A zero timeout is a check, not a wait: asyncio.wait_for(..., 0) alone times out even on a set event."""
+    async def main():
+        client = Client(mosquitto.url("mqtt"), version="3.1.1")
+        await client.open_raw(timeout=5)
+        await client.send(Connect(client.client_id, protocol_level=4, reserved=True))  # refused: closed at once
+        reason = await client.wait_closed(timeout=5)
+        assert await client.wait_closed(timeout=0) == reason
+    run(main())
