@@ -1,0 +1,346 @@
+"""Faults: the broker under test behind harness.proxy, with acks lost, connections cut, packets duplicated or
+truncated in transit, a half-open connection, and bytes arriving one at a time. Each test puts its own proxy
+(`front`) in front of the broker's plain MQTT listener and connects the clients that see the fault through it;
+the others connect directly. The proxy's decoded traffic is written to the test's tmp_path as proxy-1.pcap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+
+import pytest
+
+from harness.client import Client
+from harness.core.codec import encode, summary
+from harness.core.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
+from harness.expect import expect_closed, expect_nothing, expect_packet
+from harness.proxy import DOWNSTREAM, ProxyError, faults, when
+from harness.proxy.fixtures import proxy  # noqa: F401 - the `proxy` fixture `front` builds on
+from harness.proxy.threaded import ThreadedProxy
+
+QOS2 = pytest.mark.requires(qos2=True)
+SESSION_EXPIRY = 300  # v5: long enough to reconnect; each test ends its sessions itself
+PID = 0x0F0F  # packet id of the PUBLISH a test sends itself
+KEEPALIVE_SLACK = 1.0  # brokers that count keepalive in whole seconds close up to a second after 1.5 x keepalive
+LATE_CLOSE_WAIT = 10.0  # how much longer a half-open connection is watched, so a late close is measured
+HALF_OPEN_CLIENTS, HALF_OPEN_SPREAD = 4, 1.3  # deadlines 1.3 s apart: no 1 s window holds them all, mod any period
+SLICE_DELAY_US = 300  # between the 1-byte writes: the broker's reads then really see one byte at a time
+
+
+def _qos(qos: int, *marks):
+    return pytest.param(qos, id=f"qos{qos}", marks=[*marks, *([QOS2] if qos == 2 else [])])
+
+
+@pytest.fixture
+def front(proxy, broker) -> ThreadedProxy:  # noqa: F811 - the imported fixture
+    """A fault-injecting proxy in front of the broker's plain MQTT listener (clients: `url=front.url`)."""
+    return proxy(broker.url("mqtt"))
+
+
+def _persistent(mqtt_version: str) -> dict:
+    """Client options for a session that outlives its connection (in v5 that takes a Session Expiry Interval)."""
+    if mqtt_version == "5":
+        return {"clean": False, "properties": {"session_expiry_interval": SESSION_EXPIRY}}
+    return {"clean": False}
+
+
+async def _end_session(client: Client, mqtt_version: str) -> None:
+    """Leave no session behind on the broker."""
+    if mqtt_version == "5":
+        await client.disconnect(properties={"session_expiry_interval": 0})
+    else:
+        await client.reconnect(clean=True)
+        await client.disconnect()
+
+
+async def _fired(front: ThreadedProxy, rule, what: str) -> None:
+    """Wait until the proxy applied `rule` (so the broker did send what it lost)."""
+    await front.wait_until_async(lambda: rule.fired, what=what)
+
+
+# ----------------------------------------------------------------------------------- acks lost toward the publisher
+
+@pytest.mark.spec("MQTT-4.4.0-1", v311="MQTT-4.3.2-2", v5=["MQTT-4.3.2-4", "MQTT-4.3.2-5"])
+async def test_qos1_publish_resent_after_its_puback_was_lost_is_acknowledged_as_a_new_message(
+        client_factory, front, topic, mqtt_version):
+    lose = front.add_rule(when("PUBACK", direction=DOWNSTREAM, scope="global", times=1).drop())
+    sub = await client_factory()
+    pub = await client_factory(url=front.url, manual_acks=True, **_persistent(mqtt_version))
+    await sub.subscribe(topic + "a", qos=1)
+    await pub.send(Publish(topic + "a", b"m", qos=1, packet_id=PID))
+    await expect_packet(sub, Publish, topic=topic + "a", payload=b"m")
+    await _fired(front, lose, "PUBACK dropped")
+    assert (await pub.reconnect(clean=False)).session_present
+    await pub.send(Publish(topic + "a", b"m", qos=1, dup=True, packet_id=PID))
+    await expect_packet(pub, Puback, packet_id=PID)
+    # The broker had sent its PUBACK: the resent PUBLISH is a new publication, whatever its DUP flag.
+    await expect_packet(sub, Publish, topic=topic + "a", payload=b"m")
+    await expect_nothing(sub, after=pub)
+    await _end_session(pub, mqtt_version)
+
+
+@pytest.mark.spec("MQTT-4.4.0-1", v311="MQTT-4.3.3-2", v5=["MQTT-4.3.3-8", "MQTT-4.3.3-10"])
+@QOS2
+async def test_qos2_publish_resent_after_its_pubrec_was_lost_is_delivered_once(
+        client_factory, front, topic, mqtt_version):
+    lose = front.add_rule(when("PUBREC", direction=DOWNSTREAM, scope="global", times=1).drop())
+    sub = await client_factory()
+    pub = await client_factory(url=front.url, manual_acks=True, **_persistent(mqtt_version))
+    await sub.subscribe(topic + "a", qos=2)
+    await pub.send(Publish(topic + "a", b"once", qos=2, packet_id=PID))
+    await _fired(front, lose, "PUBREC dropped")
+    assert (await pub.reconnect(clean=False)).session_present  # the QoS 2 flow is part of the session
+    await pub.send(Publish(topic + "a", b"once", qos=2, dup=True, packet_id=PID))
+    await expect_packet(pub, Pubrec, packet_id=PID)
+    await pub.send(Pubrel(PID))
+    await expect_packet(pub, Pubcomp, packet_id=PID)
+    await expect_packet(sub, Publish, topic=topic + "a", payload=b"once")
+    await expect_nothing(sub, after=pub)
+    await _end_session(pub, mqtt_version)
+
+
+# ---------------------------------------------------------------------------- acks lost toward the broker
+
+@pytest.mark.spec("MQTT-4.4.0-1", "MQTT-3.3.1-1")
+@pytest.mark.parametrize("qos", [_qos(1), _qos(2)])
+async def test_publish_whose_ack_was_lost_is_resent_with_dup_to_the_resumed_subscriber(
+        client_factory, front, topic, mqtt_version, qos):
+    ack = "PUBACK" if qos == 1 else "PUBREC"
+    lose = front.add_rule(when(ack, direction="upstream", scope="global", times=1).drop())
+    sub = await client_factory(url=front.url, manual_acks=True, **_persistent(mqtt_version))
+    pub = await client_factory()
+    await sub.subscribe(topic + "a", qos=qos)
+    await pub.publish(topic + "a", b"m", qos=qos)
+    first = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, dup=False)
+    sub.ack(first)  # lost on the way: the message stays unacknowledged in the session
+    await _fired(front, lose, f"{ack} dropped")
+    assert (await sub.reconnect(clean=False)).session_present
+    again = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, payload=b"m",
+                                packet_id=first.packet_id, dup=True)
+    sub.ack(again)
+    if qos == 2:
+        await expect_packet(sub, Pubrel, packet_id=first.packet_id)
+        sub.complete(first.packet_id)
+    await expect_nothing(sub)
+    await _end_session(sub, mqtt_version)
+
+
+# --------------------------------------------------------------------------- cut between PUBREC and PUBREL
+
+@pytest.mark.spec("MQTT-4.4.0-1", v311="MQTT-4.3.3-2", v5=["MQTT-4.3.3-10", "MQTT-4.3.3-11"])
+@QOS2
+async def test_pubrel_resent_after_a_cut_following_pubrec_completes_the_flow_once(
+        client_factory, front, topic, mqtt_version):
+    front.add_rule(when("PUBREC", direction=DOWNSTREAM, scope="global", times=1).close("after"))
+    sub = await client_factory()
+    pub = await client_factory(url=front.url, manual_acks=True, **_persistent(mqtt_version))
+    await sub.subscribe(topic + "a", qos=2)
+    await pub.send(Publish(topic + "a", b"once", qos=2, packet_id=PID))
+    await expect_packet(pub, Pubrec, packet_id=PID)
+    await expect_closed(pub)  # cut right after the PUBREC: no PUBREL got through
+    assert (await pub.reconnect(clean=False)).session_present
+    await pub.send(Pubrel(PID))
+    await expect_packet(pub, Pubcomp, packet_id=PID)
+    await expect_packet(sub, Publish, topic=topic + "a", payload=b"once")
+    await expect_nothing(sub, after=pub)
+    await _end_session(pub, mqtt_version)
+
+
+@pytest.mark.spec("MQTT-4.4.0-1", v311="MQTT-4.3.3-1", v5=["MQTT-4.3.3-4", "MQTT-4.3.3-6"])
+@QOS2
+async def test_broker_resends_pubrel_and_not_the_publish_after_a_cut_following_pubrec(
+        client_factory, front, topic, mqtt_version):
+    front.add_rule(when("PUBREC", direction="upstream", scope="global", times=1).close("after"))
+    sub = await client_factory(url=front.url, manual_acks=True, **_persistent(mqtt_version))
+    pub = await client_factory()
+    await sub.subscribe(topic + "a", qos=2)
+    await pub.publish(topic + "a", b"once", qos=2)
+    message = await expect_packet(sub, Publish, topic=topic + "a", qos=2, payload=b"once")
+    sub.ack(message)  # the PUBREC reaches the broker, then the connection is cut
+    await expect_closed(sub)
+    assert (await sub.reconnect(clean=False)).session_present
+    await expect_packet(sub, Pubrel, packet_id=message.packet_id)
+    await expect_nothing(sub)  # the PUBLISH is not resent once PUBREC was received
+    sub.complete(message.packet_id)
+    await expect_nothing(sub)
+    await _end_session(sub, mqtt_version)
+
+
+# ----------------------------------------------------------------------------- duplicated in transit
+
+@pytest.mark.spec(v311="MQTT-4.3.3-2", v5="MQTT-4.3.3-10")
+@pytest.mark.parametrize("copies", [1, 2], ids=lambda n: f"copies{n}")
+@QOS2
+async def test_qos2_publish_duplicated_before_pubrel_is_acknowledged_each_time_and_delivered_once(
+        client_factory, front, topic, copies):
+    front.add_rule(when("PUBLISH", direction="upstream", qos=2, times=1).duplicate(copies))  # copies: DUP=1
+    sub = await client_factory()
+    pub = await client_factory(url=front.url, manual_acks=True)
+    await sub.subscribe(topic + "a", qos=2)
+    await pub.send(Publish(topic + "a", b"once", qos=2, packet_id=PID))
+    await expect_packet(pub, Pubrec, packet_id=PID)  # the proxy passes the first PUBREC on, swallows the others
+    conn = front.connection(client_id=pub.client_id)
+
+    def pubrecs() -> int:
+        return len(conn.log.packets(DOWNSTREAM, Pubrec, stage="received"))
+    await front.wait_until_async(lambda: pubrecs() > copies or not conn.is_open,
+                                 what=f"{copies + 1} PUBRECs from the broker")
+    answers = [summary(p) for p in conn.log.packets(DOWNSTREAM, stage="received")[1:]]  # after the CONNACK
+    assert pubrecs() == copies + 1, (f"the broker answered {copies + 1} copies of the PUBLISH with {answers}"
+                                     + ("" if conn.is_open else f", then closed the connection"))
+    await pub.send(Pubrel(PID))
+    await expect_packet(pub, Pubcomp, packet_id=PID)
+    await expect_packet(sub, Publish, topic=topic + "a", payload=b"once")
+    await expect_nothing(sub, after=pub)
+
+
+# ----------------------------------------------------------------------------------------- half-open
+
+async def _half_open(client_factory, front: ThreadedProxy, keepalive: int, **kwargs) -> tuple[Client, float]:
+    """A client through `front` whose connection goes half-open: the TCP connection stays up, nothing passes
+    either way. Returns it and the time its last packet reached the broker (+- half a round trip)."""
+    client = await client_factory(url=front.url, keepalive=keepalive, auto_ping=False, **kwargs)
+    conn = front.connection(client_id=client.client_id)
+    sent = time.monotonic()
+    await client.ping()
+    last = (sent + time.monotonic()) / 2
+    front.add_fault(faults.blackhole(direction="both", connection=conn.id, name=f"half-open-{conn.id}"))
+    return client, last
+
+
+@pytest.mark.spec(v311="MQTT-3.1.2-24", v5="MQTT-3.1.2-22")
+async def test_half_open_client_is_dropped_within_one_and_a_half_keepalives(client_factory, front, keepalive_seconds):
+    """Several half-open clients whose last packets are spread over a few seconds: a broker that checks
+    keepalives only every few seconds is late for some of them, whatever the phase of its timer."""
+    legs, lasts = [], []
+    for i in range(HALF_OPEN_CLIENTS):
+        if i:
+            await asyncio.sleep(HALF_OPEN_SPREAD)  # models elapsed time: spreads the deadlines over the clock
+        client, last = await _half_open(client_factory, front, keepalive_seconds)
+        legs.append(front.connection(client_id=client.client_id).broker)
+        lasts.append(last)
+    # Models elapsed time: 1.5 x keepalive after each client's last packet, plus a second for brokers that keep
+    # time in whole seconds. The watch runs longer, so a late close is measured and named.
+    allowed = 1.5 * keepalive_seconds + KEEPALIVE_SLACK
+    closed: dict[int, float] = {}
+    end = lasts[-1] + allowed + LATE_CLOSE_WAIT
+    while len(closed) < len(legs) and time.monotonic() < end:
+        with contextlib.suppress(ProxyError):
+            await front.wait_until_async(lambda: sum(leg.lost for leg in legs) > len(closed),
+                                         timeout=end - time.monotonic())
+        now = time.monotonic()
+        closed.update({i: now - lasts[i] for i, leg in enumerate(legs) if leg.lost and i not in closed})
+    waited = ", ".join(f"{closed[i]:.1f}s" if i in closed else "never" for i in range(len(legs)))
+    on_time = len(closed) == len(legs) and max(closed.values()) <= allowed
+    assert on_time, (
+        f"the broker closed the half-open connections {waited} after each client's last packet (keepalive "
+        f"{keepalive_seconds}s, allowed {allowed:.1f}s)")
+
+
+@pytest.mark.spec("MQTT-3.1.2-8")
+async def test_half_open_client_dropped_by_keepalive_has_its_will_published(client_factory, front, topic,
+                                                                           keepalive_seconds):
+    watcher = await client_factory()
+    await watcher.subscribe(topic + "will", qos=1)
+    await _half_open(client_factory, front, keepalive_seconds, will=Will(topic + "will", b"gone", qos=1))
+    # About the will, not the timing (the test above): a bounded but generous wait.
+    await expect_packet(watcher, Publish, topic=topic + "will", payload=b"gone",
+                        timeout=1.5 * keepalive_seconds + KEEPALIVE_SLACK + LATE_CLOSE_WAIT)
+
+
+# ------------------------------------------------------------------------------------- one byte at a time
+
+V5_CONNECT = {"session_expiry_interval": 0, "receive_maximum": 50, "user_property": [("k", "connect")]}
+V5_PUBLISH = {"content_type": "text/plain", "payload_format_indicator": 1, "user_property": [("k", "v")],
+              "correlation_data": b"\x00\x01", "response_topic": "reply/to"}
+
+
+@pytest.mark.spec(v311="§4.2", v5="MQTT-4.2.0-1")
+@QOS2
+async def test_broker_parses_every_packet_type_arriving_one_byte_at_a_time(
+        client_factory, front, topic, mqtt_version):
+    front.add_fault(faults.slicer(1, delay=SLICE_DELAY_US, direction="upstream"))
+    v5 = mqtt_version == "5"
+    filters = [topic + f"s/{qos}" for qos in (0, 1, 2)]
+    watcher = await client_factory()
+    await watcher.subscribe([(f, 2) for f in filters] + [(topic + "will", 1)])
+    client = await client_factory(url=front.url, will=Will(topic + "will", b"not on DISCONNECT", qos=1),
+                                  properties=V5_CONNECT if v5 else None)
+    suback = await client.subscribe([(f, qos) for qos, f in enumerate(filters)],
+                                    properties={"user_property": [("k", "subscribe")]} if v5 else None)
+    assert suback.reason_codes == [0, 1, 2]
+    props = V5_PUBLISH if v5 else None
+    for qos, name in enumerate(filters):  # QoS 1: PUBACK; QoS 2: PUBREC, PUBREL, PUBCOMP; all sliced
+        await client.publish(name, b"%d" % qos * 100, qos=qos, properties=props)
+        back = await expect_packet(client, Publish, topic=name, payload=b"%d" % qos * 100, qos=qos)
+        seen = await expect_packet(watcher, Publish, topic=name, payload=b"%d" % qos * 100)
+        if v5:
+            assert {k: seen.properties.get(k) for k in V5_PUBLISH} == V5_PUBLISH, seen.properties
+            assert back.properties.get("user_property") == V5_PUBLISH["user_property"]
+    await client.unsubscribe(filters)
+    await client.ping()
+    await client.publish(filters[1], b"unsubscribed", qos=1)
+    await expect_nothing(client)  # the UNSUBSCRIBE took effect
+    await expect_packet(watcher, Publish, topic=filters[1], payload=b"unsubscribed")
+    await client.disconnect()
+    connection = front.connection(client_id=client.client_id)
+    await front.wait_until_async(lambda: not connection.is_open, what="the broker to close after DISCONNECT")
+    await expect_nothing(watcher)  # a DISCONNECT read whole: no will
+
+
+# ---------------------------------------------------------------------------------- truncated PUBLISH
+
+@pytest.mark.parametrize("qos", [
+    _qos(1, pytest.mark.spec(v311="MQTT-4.3.2-2", v5="MQTT-4.3.2-4")),
+    _qos(2, pytest.mark.spec(v311="MQTT-4.3.3-2", v5=["MQTT-4.3.3-8", "MQTT-4.3.3-10"])),
+])
+@pytest.mark.spec("MQTT-4.4.0-1")
+async def test_publish_cut_mid_packet_then_resent_with_dup_on_a_new_connection_is_delivered_once(
+        client_factory, front, topic, mqtt_version, qos):
+    """emqx #18441: a QoS 2 PUBLISH cut mid-packet and retried with DUP=1 was silently dropped."""
+    sub = await client_factory()
+    pub = await client_factory(url=front.url, manual_acks=True, **_persistent(mqtt_version))
+    await sub.subscribe(topic + "a", qos=qos)
+    packet = Publish(topic + "a", b"x" * 200, qos=qos, packet_id=PID)
+    half = len(encode(packet, pub.version)) // 2
+    front.add_fault(faults.limit_data(half, direction="upstream", name="cut"))
+    await pub.send(packet)
+    await expect_closed(pub)  # half the PUBLISH reached the broker, then the connection closed
+    front.remove_fault("cut")
+    assert (await pub.reconnect(clean=False)).session_present
+    await pub.send(dataclasses.replace(packet, dup=True))
+    if qos == 1:
+        await expect_packet(pub, Puback, packet_id=PID)
+    else:
+        await expect_packet(pub, Pubrec, packet_id=PID)
+        await pub.send(Pubrel(PID))
+        await expect_packet(pub, Pubcomp, packet_id=PID)
+    await expect_packet(sub, Publish, topic=topic + "a", payload=b"x" * 200, qos=qos)
+    await expect_nothing(sub, after=pub)
+    await _end_session(pub, mqtt_version)
+
+
+# ---------------------------------------------------------------------------------------- takeover
+
+@pytest.mark.spec("MQTT-4.4.0-1", "MQTT-3.3.1-1", v311="MQTT-3.1.4-2", v5="MQTT-3.1.4-3")
+@pytest.mark.parametrize("qos", [_qos(1), _qos(2)])
+async def test_session_taken_over_while_acks_are_held_redelivers_them_with_dup(
+        client_factory, front, topic, mqtt_version, qos):
+    front.add_rule(when("PUBACK" if qos == 1 else "PUBREC", direction="upstream").hold("acks"))
+    first = await client_factory(url=front.url, **_persistent(mqtt_version))
+    pub = await client_factory()
+    await first.subscribe(topic + "a", qos=qos)
+    for i in range(3):
+        await pub.publish(topic + "a", b"%d" % i, qos=qos)
+    sent = [await expect_packet(first, Publish, topic=topic + "a", qos=qos, dup=False) for _ in range(3)]
+    await front.wait_held_async("acks", 3)  # first acked all three; none reached the broker
+    second = await client_factory(client_id=first.client_id, **_persistent(mqtt_version))
+    assert second.connack.session_present
+    await expect_closed(first)
+    again = [await expect_packet(second, Publish, topic=topic + "a", qos=qos) for _ in sent]
+    assert sorted((m.payload, m.packet_id, m.dup) for m in again) == sorted(
+        (m.payload, m.packet_id, True) for m in sent)
+    await expect_nothing(second)  # second acked each one (and completed the QoS 2 flows)
+    await _end_session(second, mqtt_version)
