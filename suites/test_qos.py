@@ -9,8 +9,8 @@ from harness.client import Client
 from harness.core.packets import (
     Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Subscription,
 )
-from harness.errors import ConnectionClosed, Timeout
-from harness.expect import expect_closed, expect_nothing, expect_packet
+from harness.errors import ConnectionClosed
+from harness.expect import collect, expect_closed, expect_nothing, expect_packet
 
 QOS2 = pytest.mark.requires(qos2=True)
 SESSION_EXPIRY = 300  # v5: long enough to reconnect; the test ends the session itself
@@ -37,22 +37,6 @@ async def _end_session(client: Client, mqtt_version: str) -> None:
     else:
         await client.reconnect(clean=True)
         await client.disconnect()
-
-
-async def _collect(sub: Client, count: int) -> list[Publish]:
-    """Every PUBLISH the subscriber receives until `count` distinct payloads arrived (each wait bounded by the
-    client's timeout), plus any copies the broker sent before answering a PINGREQ after that."""
-    messages: list[Publish] = []
-    seen: set[bytes] = set()
-    while len(seen) < count:
-        try:
-            message = await sub.receive()
-        except Timeout:
-            break  # the caller's assertion names what is missing
-        messages.append(message)
-        seen.add(message.payload)
-    await sub.ping()
-    return messages + sub.pending_messages()
 
 
 def _first_copies(payloads: list[bytes]) -> list[bytes]:
@@ -284,8 +268,7 @@ async def test_messages_arrive_in_publish_order_per_topic(client_factory, topic,
         sent[name].append(b"%d" % i)
         pub.publish_nowait(name, sent[name][-1], qos=qos, track=False)
     await pub.wait_acked()
-    await pub.ping()  # QoS 0: the broker has handled every PUBLISH
-    received = await _collect(sub, 100)
+    received = await collect(sub, 100, after=pub)
     for name, payloads in sent.items():
         got = [m.payload for m in received if m.topic == name]
         if qos == 0:  # at most once: some may be missing, but what arrives keeps the order
@@ -307,7 +290,7 @@ async def test_pipelined_qos1_burst_is_delivered_at_least_once_in_order(client_f
     for payload in payloads:
         pub.publish_nowait(topic + "a", payload, qos=1, track=False)
     await pub.wait_acked(BURST_TIMEOUT)
-    got = [m.payload for m in await _collect(sub, BURST)]
+    got = [m.payload for m in await collect(sub, BURST, after=pub, timeout=BURST_TIMEOUT)]
     missing = sorted(set(payloads) - set(got), key=int)
     assert not missing, f"{len(missing)} acknowledged messages never delivered, first: {missing[:10]}"
     assert _first_copies(got) == payloads, "delivered out of order"
@@ -325,7 +308,7 @@ async def test_pipelined_qos2_burst_is_delivered_exactly_once_in_order(client_fa
     for payload in payloads:
         pub.publish_nowait(topic + "a", payload, qos=2, track=False)
     await pub.wait_acked(BURST_TIMEOUT)
-    got = [m.payload for m in await _collect(sub, BURST)]
+    got = [m.payload for m in await collect(sub, BURST, after=pub, timeout=BURST_TIMEOUT)]
     missing = sorted(set(payloads) - set(got), key=int)
     assert not missing, f"{len(missing)} completed messages never delivered, first: {missing[:10]}"
     assert got == payloads, "delivered out of order or more than once"
@@ -345,7 +328,7 @@ async def test_every_completed_qos2_message_is_delivered_with_100_in_flight(clie
     for payload in payloads:
         pub.publish_nowait(topic + "a", payload, qos=2, track=False)
     await pub.wait_acked(BURST_TIMEOUT)  # every flow got its PUBCOMP
-    got = [m.payload for m in await _collect(sub, len(payloads))]
+    got = [m.payload for m in await collect(sub, len(payloads), after=pub)]
     missing = sorted(set(payloads) - set(got), key=int)
     assert not missing, (f"{len(missing)} of {len(payloads)} messages completed with PUBCOMP were never delivered, "
                          f"first: {[int(p) for p in missing[:10]]}")

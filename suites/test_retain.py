@@ -12,7 +12,7 @@ import pytest
 from harness.client import Client
 from harness.core.packets import Publish
 from harness.errors import HarnessError
-from harness.expect import expect_nothing, expect_packet
+from harness.expect import collect, expect_nothing, expect_packet
 
 pytestmark = pytest.mark.requires(retain=True)
 
@@ -84,8 +84,7 @@ async def test_qos0_retained_message_discards_the_stored_one(client_factory, top
         await sub.subscribe(topic + "a", qos=1)
         # the server SHOULD keep the QoS 0 message but MAY discard it (3.1.1 §3.3.1.3, 5 §3.3.1.3); the old one
         # MUST be gone
-        await sub.ping()  # barrier: the retained message, if any, has arrived
-        old = [m for m in sub.pending_messages() if m.payload == b"old"]
+        old = [m for m in await collect(sub, 0) if m.payload == b"old"]
         assert not old, f"the replaced retained message was sent: {old}"
 
 
@@ -179,8 +178,8 @@ async def test_retained_message_qos_is_the_minimum_of_stored_and_granted_qos(cli
         granted = (await sub.subscribe(topic + "a", qos=sub_qos)).reason_codes[0]
         assert granted <= sub_qos, f"SUBACK granted QoS {granted} for a QoS {sub_qos} subscription"
         if stored_qos == 0:  # a broker MAY discard a QoS 0 retained message (§3.3.1.3 in 3.1.1 and 5)
-            await sub.ping()  # barrier: the retained message, if any, has arrived
-            assert all(m.qos == 0 for m in sub.pending_messages()), sub.pending_messages()
+            got = await collect(sub, 0)
+            assert all(m.qos == 0 for m in got), got
         else:
             await expect_packet(sub, Publish, topic=topic + "a", payload=b"kept", retain=True,
                                 qos=min(stored_qos, granted))
@@ -238,7 +237,6 @@ async def test_wildcard_subscription_receives_every_matching_retained_message(cl
             await retained.put(topic + name, name.encode())
         sub = await client_factory()
         await sub.subscribe(topic + pattern, qos=1)
-        await sub.ping()  # barrier: every retained message sent for the subscription has arrived
-        got = sorted(m.topic for m in sub.pending_messages())
-        assert got == sorted(topic + name for name in matching)
-        assert all(m.retain for m in sub.pending_messages())
+        got = await collect(sub, len(matching))
+        assert sorted(m.topic for m in got) == sorted(topic + name for name in matching)
+        assert all(m.retain for m in got)
