@@ -431,9 +431,10 @@ class Client:
         self.session.send_raw(bytes(data), time.monotonic())
         self._flush()
 
-    def ack(self, message: Publish) -> None:
-        """In manual-ack mode: send the PUBACK or PUBREC for a received message."""
-        self.session.ack(message, time.monotonic())
+    def ack(self, message: Publish, *, reason_code: int = 0, properties: dict | None = None) -> None:
+        """In manual-ack mode: send the PUBACK or PUBREC for a received message (v5: with a reason code and
+        properties, e.g. {"reason_string": ...})."""
+        self.session.ack(message, time.monotonic(), reason_code=reason_code, properties=properties)
         self._flush()
 
     def release(self, packet_id: int) -> None:

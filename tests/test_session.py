@@ -212,6 +212,17 @@ def test_manual_acks_send_nothing_until_asked(version):
     assert of(PublishDone, broker.send(Pubcomp(out.packet_id)))
 
 
+def test_manual_ack_carries_reason_code_and_properties():
+    session, broker = connected(MQTT_5, manual_acks=True)
+    q1, q2 = Publish("t", b"1", 1, packet_id=5), Publish("t", b"2", 2, packet_id=6)
+    broker.send(q1, q2)
+    session.ack(q1, properties={"reason_string": "done", "user_property": [("k", "v")]})
+    session.ack(q2, reason_code=0x80)
+    assert broker.received() == [Puback(5, 0, {"reason_string": "done", "user_property": [("k", "v")]}),
+                                 Pubrec(6, 0x80)]
+    assert not session.incoming_qos2 and not session.incoming_unacked  # a failing PUBREC ends the QoS 2 flow
+
+
 # ------------------------------------------------------------------------------ window
 
 def test_window_311_default_holds_the_21st_publish():

@@ -226,15 +226,19 @@ class ClientSession:
         self._send(Auth(reason_code, properties), now)
 
     # acks, used automatically unless manual_acks
-    def ack(self, publish: Publish, now: float | None = None) -> None:
-        """Acknowledge a received QoS 1 (PUBACK) or QoS 2 (PUBREC) PUBLISH."""
+    def ack(self, publish: Publish, now: float | None = None, *, reason_code: int = 0,
+            properties: dict | None = None) -> None:
+        """Acknowledge a received QoS 1 (PUBACK) or QoS 2 (PUBREC) PUBLISH; in v5 with a reason code and
+        properties (Reason String, User Property). A PUBREC of 0x80 or above ends the QoS 2 flow."""
         pid = publish.packet_id
         self.incoming_unacked.discard(pid)
+        props = dict(properties or {})
         if publish.qos == 1:
-            self._send(Puback(pid), now)
+            self._send(Puback(pid, reason_code, props), now)
         elif publish.qos == 2:
-            self.incoming_qos2.add(pid)
-            self._send(Pubrec(pid), now)
+            if reason_code < 0x80:
+                self.incoming_qos2.add(pid)
+            self._send(Pubrec(pid, reason_code, props), now)
 
     def release(self, packet_id: int, now: float | None = None) -> None:
         """Send PUBREL for an outgoing QoS 2 flow (after its PUBREC)."""
