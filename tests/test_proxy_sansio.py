@@ -328,6 +328,12 @@ def test_match_on_payload_and_reason_code():
     assert rule.match.payload == b"" and rule.to_dict()["match"]["payload"] == ""
 
 
+
+def test_rewrite_sets_options_on_every_subscription():
+    pipe = Pipe(when("SUBSCRIBE").rewrite(subscriptions={"no_local": False, "qos": 2}), version=5)
+    sent = Subscribe(3, [Subscription("a", 0, no_local=True), Subscription("b", 1, retain_handling=2)])
+    assert pipe.up(sent) == [(U, Subscribe(3, [Subscription("a", 2), Subscription("b", 2, retain_handling=2)]))]
+
 @pytest.mark.parametrize("version", [4, 5])
 def test_swallow_answers_the_sender_as_the_receiver_would(version):
     pipe = Pipe(when(["PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PINGREQ"], direction="upstream").swallow(),

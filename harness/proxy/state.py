@@ -335,6 +335,8 @@ def rewrite(packet, fields: dict):
             value = merged
         elif key in ("payload", "password") and value is not None:
             value = _bytes(value)
+        elif key == "subscriptions" and isinstance(value, dict):  # options set on every subscription
+            value = [replace(s, **value) for s in packet.subscriptions]
         elif key == "subscriptions":
             value = [Subscription(**s) if isinstance(s, dict) else s for s in value]
         changes[key] = value
