@@ -9,7 +9,9 @@ Every packet comes from the typed builders with encode() overrides (flags, remai
 raw_body), so lengths are computed, never counted by hand. Bad CONNECTs go out on a connection opened with
 Client.open_raw(), which sends no CONNECT of its own.
 
-Invalid topic filters are in test_topics.py (test_invalid_topic_filter_is_refused).
+Elsewhere: invalid topic filters in test_topics.py (test_invalid_topic_filter_is_refused); malformed CONNECTs
+(protocol name and level, reserved flag, Will QoS 3, password without user name) and out-of-order CONNECTs (none
+first, a second one) in test_connect.py. Here: the CONNECT cases that are about encoding (UTF-8, properties).
 """
 
 from __future__ import annotations
@@ -25,15 +27,12 @@ from harness.core.packets import (
     Subscribe, Subscription, Unsuback, Unsubscribe, Will,
 )
 from harness.core.reason_codes import reason_name
-from harness.expect import expect_closed, expect_nothing, expect_packet
-from harness.packet_log import IN
+from harness.expect import expect_closed, expect_nothing, expect_packet, received
 
 pytestmark = pytest.mark.requires(qos1=True)  # the broker-still-serves check is a QoS 1 round trip
 
 MALFORMED, PROTOCOL_ERROR = 0x81, 0x82
 TOPIC_ALIAS_INVALID, PACKET_TOO_LARGE = 0x94, 0x95
-# 3.1.1 CONNACK return code 1 and its MQTT 5 counterpart.
-UNACCEPTABLE_PROTOCOL_VERSION, UNSUPPORTED_PROTOCOL_VERSION = 0x01, 0x84
 WILDCARDS = pytest.mark.requires(wildcards=True)
 
 
@@ -54,11 +53,6 @@ async def watching(client_factory, topic_filter: str) -> Client:
     return watcher
 
 
-def received(client: Client, *kinds: type) -> list:
-    """Every packet of `kinds` the client received (on any of its connections)."""
-    return [e.packet for e in client.log.entries if e.direction == IN and isinstance(e.packet, kinds)]
-
-
 def _codes(codes: Collection[int]) -> str:
     return " or ".join(f"0x{c:02X} ({reason_name(c)})" for c in sorted(codes))
 
@@ -70,8 +64,9 @@ async def expect_refused(client: Client, reasons: Collection[int], *, never: tup
     await expect_closed(client)
     sent = client.server_disconnect
     if sent is not None and client.version >= MQTT_5:
-        assert sent.reason_code in reasons, f"broker sent {summary(sent)}; for this input the spec gives {_codes(reasons)}"
-    answered = received(client, *never)
+        assert sent.reason_code in reasons, (
+            f"broker sent {summary(sent)}; for this input the spec gives {_codes(reasons)}")
+    answered = received(client, never)
     assert not answered, f"broker acted on the bad packet: it sent {summary(answered[0])}"
 
 
@@ -267,15 +262,6 @@ async def test_broker_closes_on_pubrel_with_reserved_flags_0000(client_factory, 
     await still_serving(client_factory, topic)
 
 
-@pytest.mark.spec("MQTT-3.1.2-3", "MQTT-3.1.4-1", v5="MQTT-3.14.0-1")
-async def test_broker_refuses_connect_with_reserved_flag_set(client_factory, topic):
-    """MQTT 5 calls it a Malformed Packet (§3.1.2.3), which a CONNACK may report; 3.1.1 closes without one."""
-    client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, reserved=True), client.version))
-    await expect_connect_refused(client, {MALFORMED} if client.version >= MQTT_5 else ())
-    await still_serving(client_factory, topic)
-
-
 @pytest.mark.spec("MQTT-3.14.1-1", "MQTT-3.1.2-8", v311="MQTT-2.2.2-2", v5="MQTT-2.1.3-1")
 async def test_broker_publishes_the_will_after_disconnect_with_reserved_flags(client_factory, topic):
     """A DISCONNECT with a reserved bit set is malformed, not a normal disconnection: the broker closes the
@@ -300,16 +286,6 @@ async def test_broker_closes_on_publish_with_qos_3(client_factory, topic):
     await still_serving(client_factory, topic)
 
 
-@pytest.mark.spec("MQTT-3.1.4-1", v311="MQTT-3.1.2-14", v5=["MQTT-3.1.2-12", "MQTT-3.14.0-1"])
-async def test_broker_refuses_will_qos_3(client_factory, topic):
-    """MQTT 5 calls Will QoS 3 a Malformed Packet (§3.1.2.6), which a CONNACK may report."""
-    client = await open_raw(client_factory)
-    will = Will(topic + "will", b"x", qos=3)
-    await client.send_raw(encode(connect_packet(client, will=will), client.version))
-    await expect_connect_refused(client, {MALFORMED} if client.version >= MQTT_5 else ())
-    await still_serving(client_factory, topic)
-
-
 # ------------------------------------------------------------------------------------------ Packet Identifier
 
 @pytest.mark.spec(v311=["MQTT-2.3.1-1", "MQTT-4.8.0-1"], v5=["MQTT-2.2.1-3", "MQTT-4.13.1-1"])
@@ -328,27 +304,7 @@ async def test_broker_closes_on_packet_id_0(client_factory, topic, kind):
     await still_serving(client_factory, topic)
 
 
-# ------------------------------------------------------------------------------------------------- sequencing
-
-@pytest.mark.spec("MQTT-3.1.0-1", v311="MQTT-4.8.0-1", v5=["MQTT-4.13.1-1", "MQTT-3.14.0-1"])
-async def test_broker_closes_when_the_first_packet_is_not_connect(client_factory, topic):
-    watcher = await watching(client_factory, topic + "a")
-    client = await open_raw(client_factory)
-    await client.send_raw(encode(Publish(topic + "a", b"x", qos=1, packet_id=1), client.version))
-    await expect_connect_refused(client)
-    assert not received(client, Puback), "broker acknowledged a PUBLISH sent before CONNECT"
-    await expect_nothing(watcher)
-    await still_serving(client_factory, topic)
-
-
-@pytest.mark.spec("MQTT-3.1.0-2", v5="MQTT-4.13.1-1")
-async def test_broker_closes_on_a_second_connect(client_factory, topic):
-    client = await client_factory()
-    await client.send_raw(encode(connect_packet(client), client.version))
-    await expect_refused(client, {PROTOCOL_ERROR})
-    assert len(received(client, Connack)) == 1, "broker answered the second CONNECT with a CONNACK"
-    await still_serving(client_factory, topic)
-
+# ----------------------------------------------------------------------------------- acknowledgements of nothing
 
 @pytest.mark.spec(v311="MQTT-4.3.3-2", v5=["MQTT-4.3.3-11", "MQTT-3.7.2-1"])
 @pytest.mark.requires(qos2=True)
@@ -417,53 +373,6 @@ async def test_broker_closes_on_reserved_packet_type_15(client_factory, topic):
     client = await client_factory()
     await client.send_raw(encode(Auth(), client.version))
     await expect_refused(client, ())
-    await still_serving(client_factory, topic)
-
-
-# --------------------------------------------------------------------------------------------- CONNECT fields
-
-@pytest.mark.spec("MQTT-3.1.2-1", v5="MQTT-3.14.0-1")
-async def test_broker_refuses_unknown_protocol_name(client_factory, topic):
-    """3.1.1: the broker may close, or process the CONNECT under some other specification, never as MQTT 3.1.1:
-    a CONNACK, if any, refuses. MQTT 5: it may answer CONNACK 0x84 (Unsupported Protocol Version) first."""
-    client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, protocol_name="MQTX"), client.version))
-    refusals = {UNSUPPORTED_PROTOCOL_VERSION} if client.version >= MQTT_5 else {1, 2, 3, 4, 5}
-    await expect_connect_refused(client, refusals)
-    await still_serving(client_factory, topic)
-
-
-@pytest.mark.spec("MQTT-3.1.2-2", v5="MQTT-3.14.0-1")
-async def test_broker_refuses_unsupported_protocol_level(client_factory, topic, mqtt_version):
-    """Level 6 belongs to no MQTT version. 3.1.1: the broker MUST answer CONNACK 0x01 and close. MQTT 5: it MAY
-    answer 0x84, or 0x01 in the 3.1.1 form (it cannot know which CONNACK a client of an unknown level reads), and
-    MUST close."""
-    client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, protocol_level=6), client.version))
-    if mqtt_version == "3.1.1":
-        await expect_packet(client, Connack, reason_code=UNACCEPTABLE_PROTOCOL_VERSION)
-    refusals = {UNSUPPORTED_PROTOCOL_VERSION, UNACCEPTABLE_PROTOCOL_VERSION} if mqtt_version == "5" else \
-        {UNACCEPTABLE_PROTOCOL_VERSION}
-    await expect_connect_refused(client, refusals)
-    await still_serving(client_factory, topic)
-
-
-@pytest.mark.spec("MQTT-3.1.2-22", "MQTT-3.1.4-1")
-@pytest.mark.v311_only  # MQTT 5 allows a password without a user name
-async def test_broker_refuses_password_without_user_name(client_factory, topic):
-    client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, password=b"secret"), client.version))
-    await expect_connect_refused(client)
-    await still_serving(client_factory, topic)
-
-
-@pytest.mark.spec("MQTT-3.1.3-8", "MQTT-3.2.2-5")
-@pytest.mark.v311_only  # MQTT 5 leaves it to the broker
-async def test_broker_rejects_empty_client_id_without_clean_session(client_factory, topic):
-    client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, client_id="", clean=False), client.version))
-    await expect_packet(client, Connack, reason_code=0x02)
-    await expect_connect_refused(client, {0x02})
     await still_serving(client_factory, topic)
 
 
