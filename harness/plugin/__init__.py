@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import linecache
@@ -72,6 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default: %(default)s)")
     group.addoption("--wait-timeout", type=float, default=5.0, metavar="SECONDS",
                     help="default wait of test clients and harness.expect (default: %(default)s)")
+    group.addoption("--broken", metavar="NAME",
+                    help="broken-broker mode: put the named proxy rule set (harness.proxy.broken) in front of every "
+                         "broker under test, so it has that one bug; for proving that the suites catch it")
     group.addoption("--mqtt-progress", action="store_true",
                     help="print one line per suite result (what `mqtt-harness run` shows)")
 
@@ -117,10 +121,23 @@ class PluginState:
                 if mtls and sum(s.backend == "external" for s in specs) != 1:
                     raise BrokerSpecError("--mtls-url needs exactly one URL --broker; with several, write it inside "
                                           "one: --broker 'mqtt://h:1883,mqtts-mtls=mqtts://h:8884'")
-                self._specs = unique_ids(specs or [default_broker()])
+                self._specs = _broken(unique_ids(specs or [default_broker()]), self.config.getoption("broken"))
             except BrokerSpecError as exc:
                 raise pytest.UsageError(f"--broker: {exc}") from None
         return self._specs
+
+
+def _broken(specs: list[BrokerSpec], name: str | None) -> list[BrokerSpec]:
+    """--broken NAME: each broker gets the rule set, and an id that says so (report columns, test ids)."""
+    if not name:
+        return specs
+    from harness.proxy.broken import rule_set
+
+    try:
+        rule_set(name)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--broken: {exc}") from None
+    return [dataclasses.replace(s, id=f"{s.id}+broken-{name}", broken=name) for s in specs]
 
 
 _STATE = pytest.StashKey[PluginState]()
@@ -466,6 +483,9 @@ class ReportHooks:
             for spec in self.state.specs():
                 why = f" (chosen by default: {spec.chosen_because})" if spec.chosen_because else ""
                 reporter.write_line(f"mqtt-harness: broker under test {spec.id}{why}")
+                if spec.broken:
+                    reporter.write_line(f"mqtt-harness: BROKEN-BROKER MODE: {spec.id} gets the bug of rule set "
+                                        f"{spec.broken!r} (harness.proxy.broken)", yellow=True)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:

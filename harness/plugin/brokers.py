@@ -44,6 +44,7 @@ class BrokerSpec:
     image: str | None = None  # docker: the image to run (official, or our locally built one)
     urls: tuple[tuple[str, str], ...] = ()  # external: (listener kind, URL)
     chosen_because: str = ""  # why this backend/image, for the session header
+    broken: str | None = None  # broken-broker mode: the harness.proxy.broken rule set put in front of it
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class BrokerUnderTest:
         self.name = spec.name
         self.backend = spec.backend
         self.instance = instance  # the harness.broker.Broker for managed brokers; None for external ones
+        self.front = None  # broken-broker mode: the harness.proxy.broken.BrokenFront its listeners go through
         self.pki = pki
         self.client_tls = client_tls
         self.capabilities = capabilities
@@ -195,8 +197,10 @@ class BrokerUnderTest:
         return f"<BrokerUnderTest {self.id} {self.urls()}>"
 
     def urls(self) -> dict[str, str]:
-        """Listener kind -> URL, for the kinds this broker serves."""
-        return self.instance.urls() if self.instance is not None else dict(self.spec.urls)
+        """Listener kind -> URL, for the kinds this broker serves (in broken-broker mode, the proxy's URLs for
+        the listeners behind it)."""
+        urls = self.instance.urls() if self.instance is not None else dict(self.spec.urls)
+        return urls if self.front is None else {**urls, **self.front.urls}
 
     def has(self, kind: str) -> bool:
         return kind in self.urls()
@@ -240,6 +244,15 @@ class BrokerUnderTest:
             "capabilities_source": self.capabilities_source, "known_limits": dict(self.known_limits),
             "notes": list(self.notes),
         }
+
+
+def _break(broker: BrokerUnderTest, name: str) -> None:
+    """Broken-broker mode: put the named rule set's proxy in front of the broker (see harness.proxy.broken)."""
+    from harness.proxy.broken import BrokenFront, rule_set
+
+    broker.front = BrokenFront(rule_set(name), broker.urls()).start()
+    broker.display_name = f"{broker.display_name} [broken: {name}]"
+    broker.notes.append(broker.front.note())
 
 
 def _version_number(text: str) -> str:
@@ -291,6 +304,8 @@ class BrokerPool:
         except BrokerError as exc:
             self._failures[spec.id] = exc
             raise
+        if spec.broken:
+            _break(broker, spec.broken)
         self._brokers[spec.id] = broker
         return broker
 
@@ -344,6 +359,8 @@ class BrokerPool:
         """Stop every broker this pool started; returns the errors (one line each) instead of raising."""
         errors = []
         for broker in self._brokers.values():
+            if broker.front is not None:
+                broker.front.stop()
             if broker.instance is not None:
                 try:
                     broker.instance.stop()
