@@ -77,15 +77,17 @@ async def test_silent_client_is_disconnected_within_one_and_a_half_keepalives(cl
 
 
 @pytest.mark.spec(v311="MQTT-3.1.2-24", v5="MQTT-3.1.2-22")
-async def test_silent_client_is_not_disconnected_before_one_keepalive(client_factory, keepalive_seconds,
-                                                                      timer_slack):
+async def test_silent_client_is_not_disconnected_before_one_keepalive(client_factory, keepalive_seconds):
     """The statement sets a deadline, not an earliest moment, and a broker may drop clients for other reasons.
     But Keep Alive is the longest silence a client is allowed (section 3.1.2.10): a keepalive timeout before K
     would drop clients that keep the protocol. So the close must not come before K."""
     client = await silent_connection(client_factory, keepalive_seconds)
     keepalive = enforced_keepalive(client, keepalive_seconds)
-    silence = await seconds_until_closed(client, keepalive, timer_slack)
-    assert silence >= keepalive, f"closed {silence:.2f}s after the last packet, before the keepalive ({keepalive}s)"
+    # Models elapsed time: one keepalive of silence. Whether and when the broker closes later is the other test's.
+    await asyncio.sleep(max(0.0, last_sent(client) + keepalive - time.monotonic()))
+    if client.is_closed:
+        silence = client.closed_at - last_sent(client)
+        assert silence >= keepalive, f"closed {silence:.2f}s after the last packet, before the keepalive ({keepalive}s)"
 
 
 @pytest.mark.spec(v311="MQTT-3.1.2-24", v5="MQTT-3.1.2-22")

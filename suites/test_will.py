@@ -170,7 +170,7 @@ async def test_will_is_published_when_the_session_ends_before_the_delay(client_f
     await expect_packet(watcher, Publish, topic=topic + "will", payload=b"session over")
 
 
-# ------------------------------------------------------------------------------------------------ MQTT 5 will properties
+# ----------------------------------------------------------------------------------------------- MQTT 5 will properties
 
 @pytest.mark.v5_only
 @pytest.mark.parametrize("properties", [
