@@ -31,11 +31,10 @@ async def stored_session(client_factory, topic: str, qos: int = 1, **options) ->
 # ------------------------------------------------------------------------------------------------ Session Present
 
 @pytest.mark.spec(v311="MQTT-3.2.2-1", v5="MQTT-3.2.2-2")
-async def test_clean_session_is_acknowledged_with_session_present_0(client_factory, persistent, topic, end_session):
+async def test_clean_session_is_acknowledged_with_session_present_0(client_factory, persistent, topic):
     sub = await stored_session(client_factory, topic, **persistent)
     clean = await client_factory(name="clean", client_id=sub.client_id, clean=True)
     assert not clean.connack.session_present, "Session Present 1 in reply to a clean session"
-    await end_session(clean)
 
 
 @pytest.mark.spec(v311=["MQTT-3.1.2-4", "MQTT-3.2.2-3"], v5=["MQTT-3.1.2-6", "MQTT-3.2.2-3"])
