@@ -137,7 +137,7 @@ def _broken(specs: list[BrokerSpec], name: str | None) -> list[BrokerSpec]:
         rule_set(name)
     except ValueError as exc:
         raise pytest.UsageError(f"--broken: {exc}") from None
-    return [dataclasses.replace(s, id=f"{s.id}+broken-{name}", broken=name) for s in specs]
+    return [dataclasses.replace(s, id=f"{s.id}-broken-{name}", broken=name) for s in specs]
 
 
 _STATE = pytest.StashKey[PluginState]()
