@@ -137,12 +137,14 @@ class Client:
             await self._teardown()
             if isinstance(self._close_error, TlsError):
                 raise self._close_error from None  # e.g. the server's alert about our certificate
-            hint = ""
-            if self.url.tls and not (self.tls and self.tls.cert):
-                hint = "; if the listener requires a client certificate, pass cert/key"
-            elif self.url.tls:
-                hint = "; the server may have rejected the client certificate"
-            raise MqttConnectError(f"broker closed the connection before CONNACK ({exc}){hint}",
+            if self.url.tls and not self.log.packets(IN):
+                # Closed or reset right after the handshake, before a single byte: with TLS 1.3 that is how a
+                # rejected (or missing) client certificate shows when the server's alert is lost to a reset.
+                cause = ("the server most likely rejected the client certificate" if self.tls and self.tls.cert
+                         else "if the listener requires a client certificate, pass cert/key")
+                raise TlsError(f"connection closed right after the TLS handshake, before CONNACK ({exc}); {cause}",
+                               self.url.display()) from None
+            raise MqttConnectError(f"broker closed the connection before CONNACK ({exc})",
                                    self.url.display()) from None
         except Timeout:
             await self._teardown()
