@@ -55,7 +55,8 @@ class BrokenRuleSet:
     def catches(self, test_id: str, version: str | None) -> bool:
         """Is this result (report `test` id, e.g. "suites/test_qos.py::test_x[qos1]", and its MQTT version)
         one that must fail under this bug?"""
-        test = test_id.split("/")[-1]
+        path, sep, rest = test_id.partition("::")
+        test = path.rsplit("/", 1)[-1] + sep + rest  # "test_x.py::test_y[a/#]": parameters may hold slashes
         for entry in self.caught_by:
             name, _, only = entry.partition("@")
             if only and only != version:
