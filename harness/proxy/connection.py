@@ -32,6 +32,19 @@ _HIGH_WATER = 1 << 20  # bytes waiting in one direction's schedule before we sto
 _LOW_WATER = 1 << 18
 _SNIFF_LIMIT = 1 << 16  # give up learning the version if the first packet is bigger than this
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_MMAP_BAIT = 1 << 20  # bigger than asyncio's 256 KiB read buffer
+
+
+def keep_reads_off_mmap() -> None:
+    """Have glibc serve asyncio's read buffers from the heap: call before a tap starts keeping chunks.
+
+    Each socket read allocates 256 KiB and shrinks it to what arrived. While glibc serves blocks that big
+    with mmap (its default until it has freed a bigger mmapped block), every chunk the tap keeps pins a
+    mapping of its own: ~6 page faults per round trip (+80 us CPU, half the proxy's) and a page per small
+    packet. Freeing one bigger mmapped block raises glibc's threshold for good (M_MMAP_THRESHOLD in
+    mallopt(3)); other allocators ignore this. Whether it had happened by chance depended on start-up details
+    such as the CLI arguments."""
+    bytes(_MMAP_BAIT)
 
 
 def _abort_with_rst(transport: asyncio.BaseTransport | None) -> None:

@@ -23,7 +23,7 @@ from typing import Callable
 from harness.errors import HarnessError
 from harness.ports import release_ports, reserve_ports
 from harness.proxy import faults as F
-from harness.proxy.connection import Connection, addr_text
+from harness.proxy.connection import Connection, addr_text, keep_reads_off_mmap
 from harness.proxy.direction import DOWNSTREAM, UPSTREAM
 from harness.proxy.rules import Rule
 from harness.proxy.tap import Tap
@@ -177,6 +177,8 @@ class Proxy:
 
     async def start(self) -> "Proxy":
         self._loop = asyncio.get_running_loop()
+        if self.tap_enabled:
+            keep_reads_off_mmap()
         self.started_at = time.monotonic()
         self.wall_offset = time.time() - time.monotonic()
         if self.listen_port == 0:
