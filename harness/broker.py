@@ -53,6 +53,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def stop(self, timeout: float = 10.0) -> None: ...
 
+    def exit_status(self) -> str | None:
+        """None while the broker runs (or nobody can tell), else how it ended, e.g. "exited with code 2"."""
+        return None
+
     def url(self, kind: str = MQTT) -> str:
         urls = self.urls()
         if kind not in urls:

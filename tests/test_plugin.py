@@ -393,3 +393,26 @@ def test_unreachable_url_broker_errors_every_test_and_stays_in_the_report(pytest
     assert {r.outcome for r in report.results} == {"error"}
     (broker,) = report.brokers
     assert broker.id == "url-127.0.0.1-1" and broker.notes[0].startswith("not available: cannot connect")
+
+
+def test_broker_that_dies_during_a_test_fails_it_and_is_restarted(pytester):
+    require_process("mosquitto")
+    pytester.makepyfile(test_crash="""
+        import os, signal
+
+        async def test_a_kills_the_broker(broker, client_factory):
+            await client_factory()
+            os.kill(broker.instance.pid, signal.SIGKILL)  # stands in for a broker crashing on some input
+            broker.instance._proc.wait(timeout=10)
+
+        async def test_b_runs_on_a_fresh_broker(client_factory):
+            client = await client_factory()
+            await client.ping()
+    """)
+    result = run(pytester, "--broker", "mosquitto:process", "--mqtt-version", "3.1.1", "--report-dir", "out")
+    got = {name: outcome for (name, _, _), (outcome, _) in outcomes(pytester.path / "out").items()}
+    assert got == {"test_a_kills_the_broker": "failed", "test_b_runs_on_a_fresh_broker": "passed"}, result.stdout.str()
+    report = load(pytester.path / "out" / "report.json")
+    crashed = next(r for r in report.results if r.outcome == "failed")
+    assert "died during this test: exited with code -9" in crashed.reason
+    assert any("crashed during" in note and "restarted" in note for note in report.brokers[0].notes)

@@ -200,10 +200,10 @@ class DockerBroker(Broker):
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         wait_until_ready(self.urls()[self.probe_kind], deadline, timeout, name=self.name,
-                         exit_status=self._exit_status, log_tail=self._log_tail, pause=time.sleep,
+                         exit_status=self.exit_status, log_tail=self._log_tail, pause=time.sleep,
                          **tls_args_for(self.probe_kind, self.pki))
 
-    def _exit_status(self) -> str | None:
+    def exit_status(self) -> str | None:
         """None while the container runs, else how it ended."""
         try:
             self._container.reload()

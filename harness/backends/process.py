@@ -168,16 +168,17 @@ class ProcessBroker(Broker):
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         url = self.urls()[self.probe_kind]
         tls = tls_args_for(self.probe_kind, self.pki)
-        def exit_status() -> str | None:
-            code = self._proc.poll()
-            return None if code is None else f"exited with code {code}"
-
         def pause(seconds: float) -> None:  # returns early if the process dies
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=seconds)
 
-        wait_until_ready(url, deadline, timeout, name=self.name, exit_status=exit_status,
+        wait_until_ready(url, deadline, timeout, name=self.name, exit_status=self.exit_status,
                          log_tail=self._log_tail, pause=pause, **tls)
+
+    def exit_status(self) -> str | None:
+        proc = getattr(self, "_proc", None)
+        code = None if proc is None else proc.poll()
+        return None if code is None else f"exited with code {code}"
 
     def _log_tail(self) -> str:
         lines = self.logs().splitlines()[-LOG_TAIL_LINES:]

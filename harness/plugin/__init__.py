@@ -434,6 +434,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if excerpt:
             item.add_report_section(call.when, f"broker log ({test.broker.name})", excerpt)
     report = yield
+    if call.when == "call" and test.broker is not None:
+        ended = _state(item.config).pool.restart_if_dead(test.broker, canonical_test_id(item))
+        if ended is not None:  # the broker died during this test: that is the finding, whatever else happened
+            text = (f"the broker under test ({test.broker.name}) died during this test: {ended}; it was restarted "
+                    f"for the tests after it\n{test.broker.crash_logs[-1]}")
+            report.outcome = "failed"
+            report.longrepr = text if report.longrepr is None else f"{text}\n\n{report.longrepr}"
+            test.failed = True
     report.mqtt_harness = _payload(item, test, last=call.when == "teardown")
     return report
 

@@ -3,6 +3,7 @@ broker and test process (so each pytest-xdist worker has its own brokers, ports 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -192,6 +193,7 @@ class BrokerUnderTest:
         self.product = product
         self.version = version
         self.notes = list(notes or [])
+        self.crash_logs: list[str] = []  # the log tail of each instance that died during the run
 
     def __repr__(self) -> str:
         return f"<BrokerUnderTest {self.id} {self.urls()}>"
@@ -308,6 +310,29 @@ class BrokerPool:
             _break(broker, spec.broken)
         self._brokers[spec.id] = broker
         return broker
+
+    def restart_if_dead(self, broker: BrokerUnderTest, test_id: str) -> str | None:
+        """If the managed broker behind `broker` has died, start a fresh one in its place (same BrokerUnderTest,
+        new URLs) and note it in the report. Returns how it ended, or None if it is alive."""
+        if broker.instance is None:
+            return None
+        ended = broker.instance.exit_status()
+        if ended is None:
+            return None
+        log_tail = "\n".join(broker.instance.logs().splitlines()[-40:])
+        with contextlib.suppress(BrokerError):
+            broker.instance.stop()
+        fresh = self._start(broker.spec)
+        broker.instance = fresh.instance
+        if broker.front is not None:  # broken-broker mode: the proxies must now lead to the new instance
+            from harness.proxy.broken import BrokenFront, rule_set
+
+            broker.front.stop()
+            broker.front = None
+            broker.front = BrokenFront(rule_set(broker.spec.broken), broker.urls()).start()
+        broker.notes.append(f"crashed during {test_id} ({ended}); restarted for the tests after it")
+        broker.crash_logs.append(f"--- {broker.name} crashed during {test_id} ({ended}); last lines ---\n{log_tail}")
+        return ended
 
     def info(self, spec: BrokerSpec) -> dict[str, Any]:
         """The report BrokerInfo dict of `spec`, also for a broker that could not be started or reached."""
