@@ -204,6 +204,7 @@ RULE_SETS: dict[str, BrokenRuleSet] = {s.name: s for s in [
         ({"match": _up("UNSUBSCRIBE"), "action": "swallow"},),
         caught_by=(
             "test_topics.py::test_unsubscribe_stops_delivery",
+            "test_topics.py::test_unsubscribe_with_several_filters_is_one_unsuback",
         ),
         suites=("test_topics.py",),
         refs="MQTT-3.10.4-1, MQTT-3.10.4-2"),
