@@ -64,7 +64,7 @@ from harness.topics import matches
 
 # (examples, steps per example, overall time limit in seconds) per hypothesis profile. The time limit leaves
 # room for hypothesis' shrinking of a failure (at most 300 s).
-MACHINE_RUNS = {"default": (10, 20, 600), "thorough": (200, 50, 3600)}
+MACHINE_RUNS = {"default": (20, 25, 900), "thorough": (200, 50, 3600)}
 MATCHING_RUNS = {"default": (100, 0, 400), "thorough": (1000, 0, 1800)}
 _HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
 
@@ -191,6 +191,24 @@ class Delivery:
     epoch: int
     publish: Publish
     new: bool  # not a retransmission of a delivery the session already has
+    first: bool  # the session's first PUBLISH with this payload
+
+
+async def wait_for_payloads(client: Client, payloads: set[bytes], start: int = 0) -> None:
+    """Wait (up to the client's wait timeout) until PUBLISHes with all these payloads arrived after packet log
+    index `start`. A PINGRESP barrier is not enough for these: a broker may hold QoS 1/2 messages back while the
+    client has its maximum in flight, and answer PINGREQ meanwhile. What does not arrive, the caller's check
+    reports."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + client.timeout
+    while True:
+        got = {e.packet.payload for e in client.log.entries[start:]
+               if e.direction == IN and isinstance(e.packet, Publish)}
+        remaining = deadline - loop.time()
+        if payloads <= got or remaining <= 0 or client.is_closed:
+            return
+        with contextlib.suppress(Timeout):
+            await client.receive(timeout=remaining)
 
 
 def _matches(topic_filter: str, topic: str) -> bool:
@@ -220,13 +238,14 @@ def deliveries(session: Session) -> list[Delivery]:
         if isinstance(packet, Pubrel):
             pending.discard(packet.packet_id)
         elif isinstance(packet, Publish):
+            first = packet.payload not in seen
             if packet.qos == 2:
                 new = not (packet.dup and packet.packet_id in pending)
                 pending.add(packet.packet_id)
             else:
-                new = not (packet.qos == 1 and packet.dup and packet.payload in seen)
+                new = not (packet.qos == 1 and packet.dup and not first)
             seen.add(packet.payload)
-            found.append(Delivery(index, epoch, packet, new))
+            found.append(Delivery(index, epoch, packet, new, first))
     return found
 
 
@@ -303,18 +322,7 @@ class ModelMachine(RuleBasedStateMachine):
         await asyncio.gather(*(s.client.ping() for s in self.sessions.values() if s.online))
 
     async def _wait_for(self, session: Session, payloads: set[bytes], start: int) -> None:
-        """Wait (up to the wait timeout) until all `payloads` arrived at the session's client after log index
-        `start`; what does not arrive, the trace check reports."""
-        client = session.client
-        deadline = self.loop.time() + self.t.timeout
-        while True:
-            got = {e.packet.payload for e in client.log.entries[start:]
-                   if e.direction == IN and isinstance(e.packet, Publish)}
-            remaining = deadline - self.loop.time()
-            if payloads <= got or remaining <= 0 or client.is_closed:
-                return
-            with contextlib.suppress(Timeout):
-                await client.receive(timeout=remaining)
+        await wait_for_payloads(session.client, payloads, start)
 
     def _publish_to_model(self, message: Message) -> None:
         """The broker took ownership of `message`: every session with matching subscriptions owes it."""
@@ -477,13 +485,21 @@ class ModelMachine(RuleBasedStateMachine):
 
     @rule(name=online, topic_filter=st.sampled_from(FILTERS))
     def unsubscribe(self, name, topic_filter):
+        """UNSUBSCRIBE one filter, subscribed or not (an UNSUBACK either way)."""
+        self.run(self._unsubscribe(self.sessions[name], [topic_filter]))
+
+    @precondition(lambda self: any(s.online and s.subscriptions for s in self.sessions.values() if s.name in NAMES))
+    @rule(name=online)
+    def unsubscribe_all(self, name):
+        """UNSUBSCRIBE every filter the client has, in one packet (nothing, if it has none)."""
         session = self.sessions[name]
+        if session.subscriptions:
+            self.run(self._unsubscribe(session, sorted(session.subscriptions)))
 
-        async def unsubscribe():
-            await session.client.unsubscribe(self.base + topic_filter)
+    async def _unsubscribe(self, session: Session, filters: list[str]) -> None:
+        await session.client.unsubscribe([self.base + f for f in filters])
+        for topic_filter in filters:
             session.subscriptions.pop(topic_filter, None)
-
-        self.run(unsubscribe())
 
     @rule(name=online, topic=st.sampled_from(TOPICS), qos=st.integers(0, 2), retain=st.booleans())
     def publish(self, name, topic, qos, retain):
@@ -499,6 +515,29 @@ class ModelMachine(RuleBasedStateMachine):
 
         self.run(publish())
 
+    @rule(name=online, topic=st.sampled_from(TOPICS), qos=st.integers(0, 2), count=st.integers(2, 4))
+    def publish_burst(self, name, topic, qos, count):
+        """Several messages to one topic, each sent without waiting for the last one's ack: they arrive in
+        publish order."""
+        client = self.sessions[name].client
+        messages = [self._message(name, topic, min(qos, self.t.max_qos), False) for _ in range(count)]
+
+        async def burst():
+            starts = self._log_sizes()
+            acks = [client.publish_nowait(self.base + topic, m.payload, qos=m.qos) for m in messages]
+            if messages[0].qos:
+                for ack in await asyncio.wait_for(asyncio.gather(*acks), self.t.timeout):
+                    self._check_ack(client, topic, ack)
+            else:
+                await client.ping()
+            for message in messages:
+                self._publish_to_model(message)
+            for message in messages:
+                await self._deliveries_due(message, starts)
+            await self._settle()
+
+        self.run(burst())
+
     @precondition(lambda self: self.retained)
     @rule(name=online, topic=st.sampled_from(TOPICS))
     def clear_retained(self, name, topic):
@@ -512,7 +551,11 @@ class ModelMachine(RuleBasedStateMachine):
         ack = await client.publish(self.base + topic, payload, qos=qos, retain=retain)
         if ack is None:
             await client.ping()  # QoS 0: the broker has handled it once it answers the PINGREQ after it
-        elif getattr(ack, "reason_code", 0) >= 0x80:
+        else:
+            self._check_ack(client, topic, ack)
+
+    def _check_ack(self, client: Client, topic: str, ack) -> None:
+        if getattr(ack, "reason_code", 0) >= 0x80:
             raise AssertionError(f"{client.name}: the broker refused a PUBLISH to {self.base + topic!r}: "
                                  f"{type(ack).__name__.upper()} reason code 0x{ack.reason_code:02X}")
 
@@ -617,6 +660,10 @@ class ModelMachine(RuleBasedStateMachine):
                 continue
             if p.topic != self.base + message.topic:
                 findings.add(f"{name}: {message} arrived on topic {p.topic!r}", "MQTT-3.3.2-3")
+            if p.dup and (p.qos == 0 or d.first):
+                findings.add(f"{name}: {message} arrived with DUP 1 " + (
+                             "at QoS 0" if p.qos == 0 else "the first time: it is not a retransmission"),
+                             "MQTT-3.3.1-2" if p.qos == 0 else "MQTT-3.3.1-3")
             key = (d.epoch, message.number)
             owed = session.owed.get(key)
             if owed is None and (window := self._retained_by(session, d)) is not None:
@@ -692,20 +739,21 @@ class ModelMachine(RuleBasedStateMachine):
             with contextlib.suppress(HarnessError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(coro, self.t.timeout)
 
+        observer = self.sessions.get(OBSERVER)
+        if observer is not None and self.retained_topics:
+            if observer.client.is_closed:
+                await quietly(observer.client.open(clean=True))
+            for topic in sorted(self.retained_topics):
+                await quietly(observer.client.publish(self.base + topic, b"", qos=min(1, self.t.max_qos),
+                                                      retain=True))
         for session in self.sessions.values():
             client = session.client
-            if session.online:
+            if not client.is_closed:
                 await quietly(client.disconnect())
             if session.stored or (session.online and session.keep):
                 client.session.config.will, client.session.config.properties = None, {}
                 await quietly(client.open(clean=True))
                 await quietly(client.disconnect())
-        observer = self.sessions.get(OBSERVER)
-        if observer is not None and self.retained_topics:
-            for topic in sorted(self.retained_topics):
-                await quietly(observer.client.publish(self.base + topic, b"", qos=min(1, self.t.max_qos),
-                                                      retain=True))
-            await quietly(observer.client.disconnect())
         for session in [*self.sessions.values(), *self.fresh]:
             await quietly(session.client.close())
 
@@ -863,10 +911,14 @@ def test_delivery_follows_topic_matching(client_factory, topic):
             await control.subscribe(name, qos=1)
         for name, payload in published.items():
             await pub.publish(name, payload, qos=1)
+        await control.ping()  # it has our few messages at most: none held back
+        exchanged = {e.packet.payload for e in control.log.entries if e.direction == IN
+                     and isinstance(e.packet, Publish)}
+        await wait_for_payloads(sub, {payload for name, payload in published.items() if matches(full_filter, name)
+                                      and (not name.startswith("$") or payload in exchanged)})
         await sub.ping()
-        await control.ping()
-        got, exchanged = ({e.packet.payload: e.packet.topic for e in c.log.entries
-                           if e.direction == IN and isinstance(e.packet, Publish)} for c in (sub, control))
+        got = {e.packet.payload: e.packet.topic for e in sub.log.entries
+               if e.direction == IN and isinstance(e.packet, Publish)}
         for name, payload in published.items():
             expected = matches(full_filter, name)
             if payload in got and got[payload] != name:
