@@ -112,6 +112,7 @@ class ResultCollector:
             known.urls.setdefault(kind, [])
             known.urls[kind] += [u for u in urls if u not in known.urls[kind]]
         known.version = known.version or info["version"]
+        known.notes += [n for n in info["notes"] if n not in known.notes]  # e.g. a crash noted in another worker
 
     def report(self, notes: dict[str, list[str]] | None = None) -> Report:
         config = self.config
