@@ -321,9 +321,6 @@ class ModelMachine(RuleBasedStateMachine):
         """Barrier: every connected client's PINGREQ answered, so what the broker sent it before has arrived."""
         await asyncio.gather(*(s.client.ping() for s in self.sessions.values() if s.online))
 
-    async def _wait_for(self, session: Session, payloads: set[bytes], start: int) -> None:
-        await wait_for_payloads(session.client, payloads, start)
-
     def _publish_to_model(self, message: Message) -> None:
         """The broker took ownership of `message`: every session with matching subscriptions owes it."""
         message.order = next(self.order)
@@ -347,7 +344,7 @@ class ModelMachine(RuleBasedStateMachine):
     async def _deliveries_due(self, message: Message, starts: dict[str, int]) -> None:
         """Wait for the required copies of a message at the connected clients: a PUBACK or PINGRESP does not
         vouch for them (a broker may still be routing the message when it answers)."""
-        waits = [self._wait_for(s, {message.payload}, starts[s.name]) for s in self.sessions.values()
+        waits = [wait_for_payloads(s.client, {message.payload}, starts[s.name]) for s in self.sessions.values()
                  if s.online and (o := s.owed.get((s.epoch, message.number))) is not None and o.required]
         await asyncio.gather(*waits)
 
@@ -370,7 +367,7 @@ class ModelMachine(RuleBasedStateMachine):
         retained = {} if granted is None else {
             topic: m for topic, m in self.retained.items() if matches(self.base + topic_filter, self.base + topic)}
         required = {m.payload for m in retained.values() if min(m.qos, granted) > 0}
-        await self._wait_for(session, required, start)
+        await wait_for_payloads(session.client, required, start)
         await client.ping()
         session.windows.append(Window(start, topic_filter, granted, retained))
 
@@ -430,7 +427,7 @@ class ModelMachine(RuleBasedStateMachine):
             elif resume:
                 why = f"the broker holds its session from before [{self.ref('MQTT-3.2.2-2', 'MQTT-3.2.2-3')}]"
             else:
-                why = "it has no session: the last one ended with its connection [MQTT-3.2.2-3]"
+                why = "it has no session (never had one, or the last one ended with its connection) [MQTT-3.2.2-3]"
             raise AssertionError(f"{name}: CONNACK has Session Present {int(connack.session_present)}, the model "
                                  f"says {int(resume)}: {why}")
         if resume:
@@ -445,7 +442,7 @@ class ModelMachine(RuleBasedStateMachine):
         if resume:  # what it was owed while offline: no ack vouches for these
             required = {self.messages[n].payload for (e, n), o in session.owed.items()
                         if e == session.epoch and o.queued and o.state == DUE and o.required}
-            await self._wait_for(session, required, start)
+            await wait_for_payloads(session.client, required, start)
         await self._settle()
         if subscribe is not None:
             topic_filter, qos = subscribe
@@ -687,12 +684,13 @@ class ModelMachine(RuleBasedStateMachine):
         for key, owed in session.owed.items():
             message, count = self.messages[key[1]], counts.get(key, 0)
             if owed.state == DUE and owed.required and not count:
+                will = ("MQTT-3.1.2-8",) if message.will else ()  # published when the connection dropped
                 if owed.queued:
                     findings.add(f"{name}: {message} was not delivered (QoS {max(owed.qos)} subscription; queued "
-                                 "while its persistent session was offline)",
+                                 "while its persistent session was offline)", *will,
                                  self.ref("MQTT-3.1.2-5", "MQTT-3.1.2-23"), "MQTT-4.5.0-1")
                 else:
-                    findings.add(f"{name}: {message} was not delivered (QoS {max(owed.qos)} subscription)",
+                    findings.add(f"{name}: {message} was not delivered (QoS {max(owed.qos)} subscription)", *will,
                                  "MQTT-4.5.0-1")
             if count > owed.copies and not (message.qos == 1 and 0 in owed.qos):
                 findings.add(f"{name}: {message} arrived {count} times as a new message (DUP 0, or again after its "
@@ -849,7 +847,8 @@ def replay_script(exc: BaseException, target: Target) -> str | None:
         notes[begin],
         "try:",
         *("    " + line for line in steps),
-        "    state.trace_agrees_with_the_model()",
+        *([] if steps and steps[-1] == "state.trace_agrees_with_the_model()" else
+          ["    state.trace_agrees_with_the_model()"]),
         "finally:",
         "    state.teardown()",
     ]
