@@ -1,8 +1,8 @@
-"""Run the throughput and codec benchmarks; write bench/results/<timestamp>/{results.json,summary.md}.
+"""Run the throughput, codec and proxy benchmarks; write bench/results/<timestamp>/{results.json,summary.md}.
 
-  python -m bench.run            full run (3 reps; about 10 minutes on the 2-core lab machine)
-  python -m bench.run --quick    smoke run (small N, 1 rep; about 1 minute)
-  python -m bench.run --skip codec --reps 5
+  python -m bench.run            full run (3 reps; about 30 minutes on the 2-core lab machine, 17 of them proxy)
+  python -m bench.run --quick    smoke run (small N, 1 rep; about 4 minutes)
+  python -m bench.run --skip codec,proxy --reps 5
   python -m bench.run --render bench/results/<timestamp>   tables and targets again from its results.json
 """
 
@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from bench import codec, report, throughput
+from bench import codec, proxy, report, throughput
 
-PARTS = ("throughput", "codec")
+PARTS = ("throughput", "codec", "proxy")
 
 
 def render(results: dict) -> str:
@@ -28,6 +28,9 @@ def render(results: dict) -> str:
     if "codec" in results:
         results["targets"] += codec.targets(results["codec"])
         sections.append(codec.markdown(results["codec"]))
+    if "proxy" in results:
+        results["targets"] += proxy.targets(results["proxy"])
+        sections.append(proxy.markdown(results["proxy"]))
     env = results["environment"]
     head = (f"# mqtt-harness benchmarks, {env['time_utc']}\n\ncommit {env['commit']}"
             f"{' (+ uncommitted changes in harness/ or bench/)' if env['uncommitted_changes'] else ''}; "
@@ -51,7 +54,7 @@ def rerender(run_dir: Path) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small N, 1 rep")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions of both parts (default 3; 1 with --quick)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions of every part (default 3; 1 with --quick)")
     ap.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
     ap.add_argument("--clients", default=",".join(throughput.DEFAULT_CLIENTS), help="throughput clients")
     ap.add_argument("--qos", default="0,1,2", help="throughput QoS levels")
@@ -67,6 +70,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--skip {a.skip!r}: parts are {', '.join(PARTS)}")
     tp_args = throughput.parse(a) if "throughput" not in skip else None
     codec_args = codec.parse(a) if "codec" not in skip else None
+    proxy_args = proxy.parse(proxy.options(quick=a.quick, reps=a.reps)) if "proxy" not in skip else None
 
     throughput.stop_on_sigterm()
     run_dir = report.new_run_dir()
@@ -75,6 +79,8 @@ def main(argv=None) -> int:
         results["throughput"] = throughput.run(*tp_args, run_dir=run_dir)
     if codec_args:
         results["codec"] = codec.run(*codec_args)
+    if proxy_args:
+        results["proxy"] = proxy.run(*proxy_args, run_dir=run_dir)
     md = render(results)
     report.write(run_dir, results, md)
     print("\n" + md + f"\n\nwritten to {run_dir}")
