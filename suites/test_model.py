@@ -5,7 +5,8 @@ test_random_histories_agree_with_the_model drives three clients (A, B, C) and an
 everything under the example's topic prefix) with a hypothesis RuleBasedStateMachine: connect with a clean or a
 persistent session (MQTT 5: Session Expiry Interval > 0), with or without a will; DISCONNECT or drop the
 connection; subscribe and unsubscribe wildcard filters over a small topic space; publish at QoS 0/1/2, retained
-or not; clear a retained message; let a fresh client subscribe to everything. The model (sessions and their
+or not, one at a time or several pipelined; clear a retained message; let a fresh client subscribe to
+everything. The model (sessions and their
 subscriptions, messages owed to offline persistent sessions, the retained store, wills) says what every client
 may and must receive. After each step the clients' packet logs are checked against it:
 
@@ -23,10 +24,10 @@ may and must receive. After each step the clients' packet logs are checked again
 
 QoS 0 may be lost (also on the way to an offline session, which a broker MAY queue) and a QoS 0 retained message
 MAY be discarded: those are never required, only checked for duplicates, order and staleness. Nothing sleeps:
-a step waits for the copies the model requires (a PUBACK does not vouch for them: a broker may still be routing
-the message when it answers), then ends at a barrier (PINGREQ/PINGRESP on every connected client) so that what
-the broker sent before is in the logs when they are checked. A broker that delivers later than that is not at
-fault; its unexpected deliveries are then caught at a later step.
+a step waits for every copy the model expects (a PUBACK does not vouch for them: a broker may still be routing
+the message when it answers; QoS 0 ones too, so a late copy cannot move a failure to another step), then ends at
+a barrier (PINGREQ/PINGRESP on every connected client) so that what the broker sent before is in the logs when
+they are checked. A broker that sends something unexpected later than that is caught at a later step.
 
 A failing history shrinks to a minimal one, shown in the failure as a script that replays it (suites/README.md,
 "Model suite"). The number of examples follows the hypothesis profile: a short, fixed set by default, many more
