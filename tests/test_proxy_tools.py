@@ -128,6 +128,8 @@ def test_control_api_drives_the_proxy(proxy, mosquitto):
             assert (await asyncio.to_thread(_http, base, "POST", "/heal"))[1] == {"removed": ["lag"]}
             assert (await asyncio.to_thread(_http, base, "DELETE", "/rules/gate"))[0] == 200
     run(main())
+    # the client's DISCONNECT reaches the proxy asynchronously: read the tap once the proxy saw the close
+    p.wait_until(lambda: not p.proxy.connections[0].is_open, what="the proxied connection to close")
     tap = _http(base, "GET", "/tap")[1]
     assert {"CONNECT", "PUBLISH", "PUBACK", "DISCONNECT"} <= {e["type"] for e in tap}
     assert any(e["kind"] == "rule" for e in _http(base, "GET", "/events")[1])
