@@ -80,7 +80,7 @@ def test_tls_passthrough_forwards_encrypted_bytes_and_refuses_rules(proxy, mosqu
             await c.publish("pt/x", b"secret", qos=1)
             assert (await c.receive(timeout=5)).payload == b"secret"
     run(main())
-    conn = p.connections[0]
+    conn = p.wait_closed(1)  # counters are final once the proxy saw the close
     assert conn.client_log is None and conn.log.packets() == []
     assert sum(n for _, d, n in conn.chunks if d == UPSTREAM) == conn.received[UPSTREAM] > 0
     with pytest.raises(ProxyError, match="rules need decoded MQTT"):
@@ -99,7 +99,7 @@ def test_websocket_passthrough_with_a_byte_fault(proxy, mosquitto, pki, kind):
             await c.publish("ws/x", b"over websocket", qos=1)
             assert (await c.receive(timeout=5)).payload == b"over websocket"
     run(main())
-    conn = p.connections[0]
+    conn = p.wait_closed(1)  # counters are final once the proxy saw the close
     assert conn.writes[UPSTREAM] >= conn.delivered[UPSTREAM] / 3
 
 
@@ -160,7 +160,7 @@ def test_slicer_one_byte_chunks_still_parse_at_the_broker(proxy, mosquitto):
             await c.publish("slice/x", b"x" * 300, qos=2)
             assert (await c.receive(timeout=10)).payload == b"x" * 300
     run(main())
-    conn = p.connections[0]
+    conn = p.wait_closed(1)  # counters are final once the proxy saw the close
     assert conn.writes == conn.delivered  # one write per byte, both ways
     assert conn.delivered[UPSTREAM] > 300
 

@@ -129,7 +129,7 @@ def test_control_api_drives_the_proxy(proxy, mosquitto):
             assert (await asyncio.to_thread(_http, base, "DELETE", "/rules/gate"))[0] == 200
     run(main())
     # the client's DISCONNECT reaches the proxy asynchronously: read the tap once the proxy saw the close
-    p.wait_until(lambda: not p.proxy.connections[0].is_open, what="the proxied connection to close")
+    p.wait_closed(1)
     tap = _http(base, "GET", "/tap")[1]
     assert {"CONNECT", "PUBLISH", "PUBACK", "DISCONNECT"} <= {e["type"] for e in tap}
     assert any(e["kind"] == "rule" for e in _http(base, "GET", "/events")[1])
