@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--control", metavar="HOST:PORT", help="serve the HTTP control API here (loopback only)")
     p.add_argument("--trace", action="store_true", help="print every packet on stderr, both legs")
     p.add_argument("--no-tap", action="store_true", help="record nothing (fastest; no --trace, no --pcap)")
+    p.add_argument("--no-quick-ack", action="store_true",
+                   help="let the kernel delay ACKs as a plain forwarder does (by default every read is ACKed at "
+                        "once, which avoids ~40 ms Nagle stalls with peers such as mosquitto)")
     p.add_argument("--seed", type=int, help="seed for toxicity draws, jitter and slicer sizes")
     p.set_defaults(func=run)
 
@@ -85,7 +88,7 @@ def _build(args):
     trace = (lambda line: print(line, file=sys.stderr, flush=True)) if args.trace else None
     try:
         proxy = Proxy(upstream, args.listen, server_tls=server_tls, upstream_tls=upstream_tls,
-                      tap=not args.no_tap, seed=args.seed, trace=trace)
+                      tap=not args.no_tap, seed=args.seed, trace=trace, quick_ack=not args.no_quick_ack)
     except Exception as exc:  # noqa: BLE001 - ProxyError/TlsError: one line each
         raise CliError(str(exc)) from None
     if rules and not proxy.mqtt:

@@ -103,6 +103,19 @@ def test_websocket_passthrough_with_a_byte_fault(proxy, mosquitto, pki, kind):
     assert conn.writes[UPSTREAM] >= conn.delivered[UPSTREAM] / 3
 
 
+@pytest.mark.parametrize("quick_ack", [True, False])
+def test_quick_acks_are_armed_on_both_legs_unless_switched_off(proxy, mosquitto, quick_ack):
+    p = proxy(mosquitto.url("mqtt"), quick_ack=quick_ack)
+
+    async def main():
+        async with Client(p.url) as c:
+            await c.ping()
+            conn = p.connection(1)
+            armed = [side.sock is not None for side in (conn.client, conn.broker)]
+            assert armed == [quick_ack, quick_ack]
+    run(main())
+
+
 def test_many_concurrent_connections_are_tracked(proxy, mosquitto):
     p = proxy(mosquitto.url("mqtt"))
     n = 25

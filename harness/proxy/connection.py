@@ -71,7 +71,7 @@ class _Side(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if _QUICKACK is not None:
+        if _QUICKACK is not None and self.conn.proxy.quick_ack:
             self.sock = transport.get_extra_info("socket")
         if self.direction == UPSTREAM:
             transport.pause_reading()  # the client waits until the broker leg is up

@@ -107,7 +107,8 @@ class Proxy:
     def __init__(self, upstream: str | BrokerUrl, listen: str = "127.0.0.1:0", *,
                  server_tls: ServerTls | None = None, upstream_tls: TlsOptions | None = None,
                  mqtt: bool | None = None, tap: bool = True, seed: int | None = None,
-                 trace: Callable[[str], None] | None = None, connect_timeout: float = 10.0):
+                 trace: Callable[[str], None] | None = None, connect_timeout: float = 10.0,
+                 quick_ack: bool = True):
         self.upstream = upstream_url(upstream)
         self.listen_host, self.listen_port = parse_endpoint(listen, "listen address")
         up = self.upstream
@@ -129,6 +130,7 @@ class Proxy:
                               if up.tls and server_tls is not None else None)
         self._upstream_sni = (upstream_tls.server_hostname if upstream_tls else None) or up.host
         self.tap_enabled = tap
+        self.quick_ack = quick_ack  # off: the kernel's delayed ACKs, as a plain forwarder (socat) has them
         self.trace = trace
         self.connect_timeout = connect_timeout
         self.rng = random.Random(seed)
