@@ -48,6 +48,12 @@ if [ -f brokers/aedes/package.json ] && [ ! -d brokers/aedes/node_modules ]; the
 fi
 
 if [ -x .ci/setup-docker.sh ]; then
-  .ci/setup-docker.sh || say "docker: not available (docker tests will skip with the reason above)"
+  if .ci/setup-docker.sh; then
+    # the default broker of `mqtt-harness run` is mosquitto in docker; no registry here, so build it locally
+    .venv/bin/mqtt-harness brokers build mosquitto \
+      || say "docker: could not build the local mosquitto image; runs fall back to the mosquitto binary"
+  else
+    say "docker: not available (docker tests will skip with the reason above)"
+  fi
 fi
 say "ready: .venv/bin/mqtt-harness --help"
