@@ -8,6 +8,7 @@ stopped by PID right after:
   proxy             mqtt-harness proxy --listen 127.0.0.1:P --upstream 127.0.0.1:B   (tap on: the default)
   proxy-notap       the same with --no-tap
   proxy-pcap        the same with --pcap FILE; the file is written when the proxy stops, and that time is kept
+  proxy-noqa        `proxy` with --no-quick-ack (delayed ACKs left to the kernel; not in the default set)
   socat             socat TCP-LISTEN:P,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:B
   socat-nodelay     the same with ,nodelay on both addresses (plain socat leaves Nagle on)
   asyncio-protocol  the perf lab's fwd_proxy.py --mode protocol (40 lines of asyncio.Protocol)
@@ -38,9 +39,10 @@ from bench.mosquitto import Mosquitto
 from harness.ports import release_ports, reserve_ports
 from harness.reaper import is_running, start_time
 
-DIRECT, PROXY, NOTAP, PCAP, SOCAT, SOCAT_NODELAY, LAB = (
-    "direct", "proxy", "proxy-notap", "proxy-pcap", "socat", "socat-nodelay", "asyncio-protocol")
-PATHS = (DIRECT, PROXY, NOTAP, PCAP, SOCAT, SOCAT_NODELAY, LAB)
+DIRECT, PROXY, NOTAP, PCAP, NOQA, SOCAT, SOCAT_NODELAY, LAB = (
+    "direct", "proxy", "proxy-notap", "proxy-pcap", "proxy-noqa", "socat", "socat-nodelay", "asyncio-protocol")
+PATHS = (DIRECT, PROXY, NOTAP, PCAP, SOCAT, SOCAT_NODELAY, LAB)  # the default set
+KNOWN_PATHS = (*PATHS, NOQA)
 DEFAULT_CLIENTS = ("mqtt-harness", "paho-thread")
 DEFAULT_LAT_CLIENTS = ("mqtt-harness", "paho-thread", "paho-loop")
 LAB_LAT_LIBS = ("paho-thread", "paho-loop", "gmqtt")  # what the lab's lat_client.py runs
@@ -62,11 +64,12 @@ MAX_ADDED_P50_US = 100.0
 
 def _argv(path: str, port: int | str, broker: int | str, run_dir: Path) -> list[str]:
     listen, up = f"127.0.0.1:{port}", f"127.0.0.1:{broker}"
-    if path in (PROXY, NOTAP, PCAP):
+    if path in (PROXY, NOTAP, PCAP, NOQA):
         cli = Path(sys.executable).with_name("mqtt-harness")
         if not cli.exists():
             raise SystemExit(f"{cli} not found: install the harness into this venv (pip install -e .)")
-        extra = {PROXY: [], NOTAP: ["--no-tap"], PCAP: ["--pcap", str(run_dir / PCAP_NAME)]}[path]
+        extra = {PROXY: [], NOTAP: ["--no-tap"], PCAP: ["--pcap", str(run_dir / PCAP_NAME)],
+                 NOQA: ["--no-quick-ack"]}[path]
         return [str(cli), "proxy", "--listen", listen, "--upstream", up, *extra]
     if path in (SOCAT, SOCAT_NODELAY):
         exe = shutil.which("socat")
@@ -507,7 +510,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--clients", default=",".join(DEFAULT_CLIENTS), help="throughput clients (lab names or ours)")
     ap.add_argument("--lat-clients", default=",".join(DEFAULT_LAT_CLIENTS),
                     help="latency clients: mqtt-harness, mqtt-harness-nolog, paho-thread, paho-loop, gmqtt")
-    ap.add_argument("--paths", default=",".join(PATHS), help=f"paths to measure: {', '.join(PATHS)}")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"paths to measure (default: %(default)s; also {NOQA})")
     ap.add_argument("--qos", default=",".join(map(str, QOS)), help="throughput QoS levels")
 
 
@@ -524,8 +527,8 @@ def parse(a) -> tuple:
     """(sizes, qos levels, clients, latency clients, paths, reps, latency N) from parsed options."""
     sizes, qos_levels, _, reps = throughput.parse(SimpleNamespace(quick=a.quick, reps=a.reps, qos=a.qos, clients=""))
     paths = [p for p in a.paths.split(",") if p]
-    if set(paths) - set(PATHS) or DIRECT not in paths:
-        raise SystemExit(f"--paths {a.paths!r}: choose from {', '.join(PATHS)}; {DIRECT} is needed for the ratios")
+    if set(paths) - set(KNOWN_PATHS) or DIRECT not in paths:
+        raise SystemExit(f"--paths {a.paths!r}: choose from {', '.join(KNOWN_PATHS)}; {DIRECT} is needed for the ratios")
     clients = [c for c in a.clients.split(",") if c]
     lat_clients = [c for c in a.lat_clients.split(",") if c]
     bt, lab_libs = perflab.load("bench_throughput"), perflab.load("tp_client").LIBS
