@@ -23,11 +23,11 @@ turns for each client/size/QoS in an order that rotates per rep; every ratio is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +36,9 @@ from types import SimpleNamespace
 
 from bench import lat_harness, perflab, report, throughput
 from bench.mosquitto import Mosquitto
+from harness.broker import BrokerError
 from harness.ports import release_ports, reserve_ports
+from harness.probe import wait_until_ready
 from harness.reaper import is_running, start_time
 
 DIRECT, PROXY, NOTAP, PCAP, NOQA, SOCAT, SOCAT_NODELAY, LAB = (
@@ -163,19 +165,21 @@ class Forwarder:
         raise SystemExit(f"{self.path} did not start listening after {ATTEMPTS} attempts; see {self.log.name}")
 
     def _wait_listening(self) -> bool:
-        """Ready once our process listens on the port and a connection to it succeeds."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False  # usually: the port was taken meanwhile
-            if _listens(self.proc.pid, self.port):
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                    return True
-                except OSError:
-                    pass
-            time.sleep(0.02)  # polling a forwarder that is not up yet; bounded by the deadline
-        return False
+        """Ready once a CONNACK comes back through the forwarder (harness.probe, as for brokers) and it is our
+        process that listens on the port, not one that took it meanwhile."""
+        proc = self.proc
+
+        def pause(seconds: float) -> None:  # returns at once if the forwarder exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(seconds)
+
+        try:
+            wait_until_ready(f"mqtt://127.0.0.1:{self.port}", time.monotonic() + START_TIMEOUT, START_TIMEOUT,
+                             name=self.path, log_tail=lambda: "", pause=pause,
+                             exit_status=lambda: None if proc.poll() is None else f"exited ({proc.returncode})")
+        except BrokerError:
+            return False  # usually: the port was taken meanwhile
+        return _listens(proc.pid, self.port)
 
     def __exit__(self, exc_type, *_) -> None:
         if self.proc is not None:

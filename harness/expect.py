@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from harness.client import Client
 from harness.core.codec import summary
-from harness.core.packets import Disconnect, Pingresp, Publish
+from harness.core.packets import Disconnect, Pingresp, Publish, Pubrel
 from harness.errors import ConnectionClosed, HarnessError, Timeout
 from harness.packet_log import IN, LogEntry
 
@@ -149,6 +149,19 @@ async def expect_closed(client: Client, *, timeout: float | None = None) -> str:
         entries = _entries(client)
         _fail(client, f"{client.name}: expected the broker to close the connection: {exc}", "connection closed",
               entries[_cursors.get(client, 0):], None, {})
+
+
+async def expect_redelivered(client: Client, first: Publish) -> Publish:
+    """`first` (an unacknowledged QoS 1/2 PUBLISH) arrives again on the resumed session with the same packet id and
+    DUP 1; its flow is then completed (PUBACK, or PUBREC, PUBREL, PUBCOMP). Returns the resent copy."""
+    __tracebackhide__ = True
+    again = await expect_packet(client, Publish, topic=first.topic, qos=first.qos, payload=first.payload,
+                                packet_id=first.packet_id, dup=True)
+    client.ack(again)
+    if first.qos == 2:
+        await expect_packet(client, Pubrel, packet_id=first.packet_id)
+        client.complete(first.packet_id)
+    return again
 
 
 # ---------------------------------------------------------------------------------------------------- internals

@@ -15,7 +15,7 @@ import pytest
 from harness.client import Client
 from harness.core.codec import encode, summary
 from harness.core.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel, Will
-from harness.expect import expect_closed, expect_nothing, expect_packet
+from harness.expect import expect_closed, expect_nothing, expect_packet, expect_redelivered
 from harness.proxy import DOWNSTREAM, ProxyError, faults, when
 from harness.proxy.fixtures import proxy  # noqa: F401 - the `proxy` fixture `front` builds on
 from harness.proxy.threaded import ThreadedProxy
@@ -96,16 +96,11 @@ async def test_publish_whose_ack_was_lost_is_resent_with_dup_to_the_resumed_subs
     pub = await client_factory()
     await sub.subscribe(topic + "a", qos=qos)
     await pub.publish(topic + "a", b"m", qos=qos)
-    first = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, dup=False)
+    first = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, payload=b"m", dup=False)
     sub.ack(first)  # lost on the way: the message stays unacknowledged in the session
     await _fired(front, lose, f"{ack} dropped")
     await sub.reconnect(clean=False)
-    again = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, payload=b"m",
-                                packet_id=first.packet_id, dup=True)
-    sub.ack(again)
-    if qos == 2:
-        await expect_packet(sub, Pubrel, packet_id=first.packet_id)
-        sub.complete(first.packet_id)
+    await expect_redelivered(sub, first)
     await expect_nothing(sub)
     await end_session(sub)
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.client import Client
 from harness.core.packets import (
     Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Subscription,
 )
 from harness.errors import ConnectionClosed
-from harness.expect import collect, expect_closed, expect_nothing, expect_packet
+from harness.expect import collect, expect_closed, expect_nothing, expect_packet, expect_redelivered
 
 QOS2 = pytest.mark.requires(qos2=True)
-SESSION_EXPIRY = 300  # v5: long enough to reconnect; the test ends the session itself
 BURST = 500
 BURST_TIMEOUT = 60.0  # bound on acknowledging a whole burst (a slow broker handles 500 QoS 2 flows in ~1 s)
 
@@ -23,24 +21,19 @@ def _qos_param(qos: int, *marks):
     return pytest.param(qos, id=f"qos{qos}", marks=[*marks, *([QOS2] if qos == 2 else [])])
 
 
-def _persistent(mqtt_version: str) -> dict:
-    """Client options for a session that outlives its connection (in v5 that takes a Session Expiry Interval)."""
-    if mqtt_version == "5":
-        return {"clean": False, "properties": {"session_expiry_interval": SESSION_EXPIRY}}
-    return {"clean": False}
-
-
-async def _end_session(client: Client, mqtt_version: str) -> None:
-    """Leave no session behind on the broker."""
-    if mqtt_version == "5":
-        await client.disconnect(properties={"session_expiry_interval": 0})
-    else:
-        await client.reconnect(clean=True)
-        await client.disconnect()
-
-
 def _first_copies(payloads: list[bytes]) -> list[bytes]:
     return list(dict.fromkeys(payloads))
+
+
+async def _pipelined(pub, sub, topic: str, qos: int, count: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Publish `count` numbered messages without waiting (the publisher's session keeps its window full), wait until
+    every flow is acknowledged, and collect what `sub` got. Returns (sent, received, acknowledged but missing)."""
+    sent = [b"%d" % i for i in range(count)]
+    for payload in sent:
+        pub.publish_nowait(topic, payload, qos=qos, track=False)
+    await pub.wait_acked(BURST_TIMEOUT)
+    got = [m.payload for m in await collect(sub, count, after=pub, timeout=BURST_TIMEOUT)]
+    return sent, got, sorted(set(sent) - set(got), key=int)
 
 
 # ---------------------------------------------------------------------------------------------- QoS of delivery
@@ -215,29 +208,25 @@ async def test_dup_flag_of_the_incoming_publish_is_not_propagated(client_factory
 
 @pytest.mark.spec("MQTT-4.4.0-1", "MQTT-3.3.1-1")
 @pytest.mark.parametrize("qos", [_qos_param(1), _qos_param(2)])
-async def test_unacknowledged_publish_is_resent_with_dup_1_on_reconnect(client_factory, topic, mqtt_version, qos):
-    sub = await client_factory(manual_acks=True, **_persistent(mqtt_version))
+async def test_unacknowledged_publish_is_resent_with_dup_1_on_reconnect(
+        client_factory, topic, persistent, end_session, qos):
+    sub = await client_factory(manual_acks=True, **persistent)
     pub = await client_factory()
     await sub.subscribe(topic + "a", qos=qos)
     await pub.publish(topic + "a", b"m", qos=qos)
-    first = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, dup=False)
+    first = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, payload=b"m", dup=False)
     # no PUBACK / PUBREC: the message stays unacknowledged in the session
     connack = await sub.reconnect(clean=False)
     assert connack.session_present
-    again = await expect_packet(sub, Publish, topic=topic + "a", qos=qos, payload=b"m",
-                                packet_id=first.packet_id, dup=True)
-    sub.ack(again)
-    if qos == 2:
-        await expect_packet(sub, Pubrel, packet_id=first.packet_id)
-        sub.complete(first.packet_id)
+    await expect_redelivered(sub, first)
     await expect_nothing(sub)
-    await _end_session(sub, mqtt_version)
+    await end_session(sub)
 
 
 @pytest.mark.spec("MQTT-4.4.0-1", v311="MQTT-4.3.3-1", v5="MQTT-4.3.3-6")
 @QOS2
-async def test_pubrel_is_resent_on_reconnect_and_the_publish_is_not(client_factory, topic, mqtt_version):
-    sub = await client_factory(manual_acks=True, **_persistent(mqtt_version))
+async def test_pubrel_is_resent_on_reconnect_and_the_publish_is_not(client_factory, topic, persistent, end_session):
+    sub = await client_factory(manual_acks=True, **persistent)
     pub = await client_factory()
     await sub.subscribe(topic + "a", qos=2)
     await pub.publish(topic + "a", b"m", qos=2)
@@ -251,7 +240,7 @@ async def test_pubrel_is_resent_on_reconnect_and_the_publish_is_not(client_facto
     await expect_nothing(sub)  # the PUBLISH is not resent once PUBREL was sent
     sub.complete(message.packet_id)
     await expect_nothing(sub)
-    await _end_session(sub, mqtt_version)
+    await end_session(sub)
 
 
 # ----------------------------------------------------------------------------------------------------- ordering
@@ -286,12 +275,7 @@ async def test_pipelined_qos1_burst_is_delivered_at_least_once_in_order(client_f
     sub = await client_factory()
     pub = await client_factory()  # the session's window: Receive Maximum (v5) or 20 (3.1.1)
     await sub.subscribe(topic + "a", qos=1)
-    payloads = [b"%d" % i for i in range(BURST)]
-    for payload in payloads:
-        pub.publish_nowait(topic + "a", payload, qos=1, track=False)
-    await pub.wait_acked(BURST_TIMEOUT)
-    got = [m.payload for m in await collect(sub, BURST, after=pub, timeout=BURST_TIMEOUT)]
-    missing = sorted(set(payloads) - set(got), key=int)
+    payloads, got, missing = await _pipelined(pub, sub, topic + "a", 1, BURST)
     assert not missing, f"{len(missing)} acknowledged messages never delivered, first: {missing[:10]}"
     assert _first_copies(got) == payloads, "delivered out of order"
 
@@ -304,12 +288,7 @@ async def test_pipelined_qos2_burst_is_delivered_exactly_once_in_order(client_fa
     sub = await client_factory()
     pub = await client_factory()  # the session's window: Receive Maximum (v5) or 20 (3.1.1)
     await sub.subscribe(topic + "a", qos=2)
-    payloads = [b"%d" % i for i in range(BURST)]
-    for payload in payloads:
-        pub.publish_nowait(topic + "a", payload, qos=2, track=False)
-    await pub.wait_acked(BURST_TIMEOUT)
-    got = [m.payload for m in await collect(sub, BURST, after=pub, timeout=BURST_TIMEOUT)]
-    missing = sorted(set(payloads) - set(got), key=int)
+    payloads, got, missing = await _pipelined(pub, sub, topic + "a", 2, BURST)
     assert not missing, f"{len(missing)} completed messages never delivered, first: {missing[:10]}"
     assert got == payloads, "delivered out of order or more than once"
 
@@ -324,12 +303,7 @@ async def test_every_completed_qos2_message_is_delivered_with_100_in_flight(clie
     sub = await client_factory()
     pub = await client_factory(max_inflight=100)
     await sub.subscribe(topic + "a", qos=2)
-    payloads = [b"%d" % i for i in range(200)]
-    for payload in payloads:
-        pub.publish_nowait(topic + "a", payload, qos=2, track=False)
-    await pub.wait_acked(BURST_TIMEOUT)  # every flow got its PUBCOMP
-    got = [m.payload for m in await collect(sub, len(payloads), after=pub)]
-    missing = sorted(set(payloads) - set(got), key=int)
+    payloads, got, missing = await _pipelined(pub, sub, topic + "a", 2, 200)  # acknowledged: every PUBCOMP came
     assert not missing, (f"{len(missing)} of {len(payloads)} messages completed with PUBCOMP were never delivered, "
                          f"first: {[int(p) for p in missing[:10]]}")
     assert got == payloads
