@@ -15,6 +15,7 @@ COMMANDS = {
     "run": "harness.cli_run",
     "report": "harness.cli_report",
     "proxy": "harness.cli_proxy",
+    "dut": "harness.cli_dut",
 }
 
 
