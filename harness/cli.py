@@ -16,6 +16,7 @@ COMMANDS = {
     "report": "harness.cli_report",
     "proxy": "harness.cli_proxy",
     "dut": "harness.cli_dut",
+    "diagnose": "harness.cli_diagnose",
 }
 
 

@@ -34,6 +34,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--broker", action="append", default=[], metavar="NAME|URL",
                    help="broker under test, repeatable: mosquitto, mosquitto:docker, mosquitto:process, nats, ... "
                         "or URL(s) of a running broker; default: mosquitto (docker where it works)")
+    dev = p.add_argument_group("devices under test (the device suites in suites/device; README 'Devices')")
+    dev.add_argument("--dut", action="append", default=[], metavar="PORT|URL|auto|virtual[:BUG,..]|host[:asan]",
+                     help="device under test, repeatable: a serial port, a pyserial URL, auto, virtual (a virtual "
+                          "ESP32 on a pseudo-terminal) or host (the firmware's C core built for Linux)")
+    dev.add_argument("--dut-baud", type=int, metavar="BAUD", help="serial speed (default 115200)")
+    dev.add_argument("--dut-reset", choices=("none", "dtr", "esptool"), help="reset the device first")
+    dev.add_argument("--dut-host", metavar="ADDRESS",
+                     help="this machine's address as the device reaches it (default 127.0.0.1; a board on Wi-Fi "
+                          "needs the LAN address)")
     p.add_argument("-k", metavar="EXPR", help="only tests matching this pytest -k expression")
     p.add_argument("-m", metavar="EXPR", help="only tests matching this pytest -m marker expression")
     p.add_argument("-n", metavar="N", help="parallel workers (pytest-xdist): a number or 'auto'; each worker "
@@ -79,6 +88,8 @@ def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
              "--mqtt-version", args.mqtt_version]
     for broker in args.broker:
         argv += ["--broker", broker]
+    for dut in args.dut:
+        argv += ["--dut", dut]
     for option in ("k", "m"):
         if getattr(args, option):
             argv += [f"-{option}", getattr(args, option)]
@@ -89,7 +100,7 @@ def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
     if args.exitfirst:
         argv.append("-x")
     for name in ("ca", "cert", "key", "username", "password", "mtls_url", "known_limits", "keepalive_seconds",
-                 "mqtt_timeout", "wait_timeout"):
+                 "mqtt_timeout", "wait_timeout", "dut_baud", "dut_reset", "dut_host"):
         value = getattr(args, name)
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
@@ -110,6 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for spec in specs:
         why = f" ({spec.chosen_because})" if spec.chosen_because else ""
         print(f"broker under test: {spec.id}{why}")
+    for dut in args.dut:
+        print(f"device under test: {dut}")
     print(f"pytest {' '.join(shlex.quote(a) for a in argv)}\n", flush=True)
     code = int(pytest.main(argv))
     try:
@@ -133,8 +146,11 @@ def summary_table(report: Report) -> str:
     cells: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: dict.fromkeys(OUTCOMES, 0)))
     for result in report.results:
         if result.broker:
-            cells[result.area][result.broker][result.outcome] += 1
-            cells["TOTAL"][result.broker][result.outcome] += 1
+            column = f"{result.broker}/{result.device}" if result.device else result.broker
+            if column not in brokers:
+                brokers.append(column)
+            cells[result.area][column][result.outcome] += 1
+            cells["TOTAL"][column][result.outcome] += 1
     order = sorted(a for a in cells if a != "TOTAL") + (["TOTAL"] if cells else [])
     rows = [["area", *brokers]] + [[area, *(_cell(cells[area][b]) for b in brokers)] for area in order]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

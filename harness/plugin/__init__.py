@@ -5,7 +5,7 @@ test that does not ask for its fixtures (`broker`, `mqtt_version`, `client_facto
 The suite-author guide is suites/README.md; the report format is harness/report/SCHEMA.md.
 
 Fixtures   broker (session, one per --broker), mqtt_version ("3.1.1"/"5"), client_factory, topic, pki/certs,
-           keepalive_seconds
+           keepalive_seconds, dut (one per --dut), duts (all of them)
 Markers    spec(...), requires(...), v5_only, v311_only, timeout(seconds)
 Helpers    harness.expect: expect_packet, expect_nothing, expect_closed, mark
 """
@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.plugin import markers
+from harness.plugin import devices, markers
 from harness.plugin.brokers import (
     BrokerPool, BrokerSpec, BrokerSpecError, BrokerUnderTest, ClientTls, default_broker, parse_broker, unique_ids,
     unavailable_reason,
@@ -38,7 +38,7 @@ from harness.plugin.brokers import (
 from harness.plugin.clients import ClientFactory, client_logs, format_logs
 from harness.plugin.results import ResultCollector
 
-SUITE_FIXTURES = ("broker", "mqtt_version", "client_factory")
+SUITE_FIXTURES = ("broker", "mqtt_version", "client_factory", "dut", "duts")
 MAX_BROKER_LOG = 20_000  # characters of broker log kept per failing test
 
 
@@ -78,6 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "broker under test, so it has that one bug; for proving that the suites catch it")
     group.addoption("--mqtt-progress", action="store_true",
                     help="print one line per suite result (what `mqtt-harness run` shows)")
+    devices.add_options(group)
 
 
 # Hypothesis profiles the suites' property tests scale with. Hypothesis loads --hypothesis-profile in its
@@ -108,6 +109,8 @@ class PluginState:
     pool: BrokerPool
     versions: tuple[str, ...]
     collector: ResultCollector
+    devices: devices.DevicePool
+    dut_specs: list[devices.DutSpec]
     run_token: str = field(default_factory=lambda: secrets.token_hex(3))
     _specs: list[BrokerSpec] | None = None
 
@@ -154,6 +157,18 @@ class RunningTest:
     expected: str | None = None
     actual: list[str] = field(default_factory=list)
     failed: bool = False
+    duts: list["OpenDevice"] = field(default_factory=list)
+
+
+@dataclass
+class OpenDevice:
+    """A device a test has open, and where its log and events stood when the test began."""
+
+    spec: devices.DutSpec
+    dut: Any
+    log_mark: int = 0
+    event_mark: int = 0
+    reboots_mark: int = 0
 
 
 def _state(config: pytest.Config) -> PluginState:
@@ -169,9 +184,13 @@ def pytest_configure(config: pytest.Config) -> None:
     limits_file = config.getoption("known_limits")
     client_tls = ClientTls(ca=config.getoption("ca"), cert=config.getoption("cert"), key=config.getoption("key"),
                            username=config.getoption("username"), password=config.getoption("password"))
+    from harness.reaper import state_dir
+
+    pool = devices.DevicePool(baud=config.getoption("dut_baud"), reset=config.getoption("dut_reset"),
+                              handshake_timeout=config.getoption("dut_timeout"), lock_dir=state_dir() / "dut-locks")
     state = PluginState(config=config, pool=BrokerPool(client_tls=client_tls, extra_limits=_read_limits(limits_file)),
                         versions=markers.VERSIONS if version == "all" else (version,),
-                        collector=ResultCollector(config))
+                        collector=ResultCollector(config), devices=pool, dut_specs=devices.parse_specs(config))
     config.stash[_STATE] = state
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(ReportHooks(state), "mqtt-harness-reports")
@@ -233,6 +252,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "broker" in names:
         metafunc.parametrize("broker", [pytest.param(s, id=s.id) for s in state.specs()], indirect=True,
                              scope="session")
+    if "dut" in names:
+        metafunc.parametrize("dut", devices.params(state.dut_specs), indirect=True)
     if params:
         metafunc.parametrize("mqtt_version", params)
 
@@ -275,6 +296,11 @@ def _spec_of(item: pytest.Item) -> BrokerSpec | None:
     return callspec.params.get("broker") if callspec is not None else None
 
 
+def _dut_of(item: pytest.Item) -> devices.DutSpec | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("dut") if callspec is not None else None
+
+
 def _version_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("mqtt_version") if callspec is not None else None
@@ -286,8 +312,8 @@ def canonical_test_id(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return base
-    mine = [callspec.params[name].id if name == "broker" else markers.VERSION_IDS[callspec.params[name]]
-            for name in ("broker", "mqtt_version") if name in callspec.params]
+    mine = [callspec.params[name].id if name in ("broker", "dut") else markers.VERSION_IDS[callspec.params[name]]
+            for name in ("broker", "mqtt_version", "dut") if name in callspec.params and callspec.params[name]]
     rest = list(getattr(callspec, "_idlist", ()))
     for ident in mine:
         if ident in rest:
@@ -434,6 +460,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if excerpt:
             item.add_report_section(call.when, f"broker log ({test.broker.name})", excerpt)
     report = yield
+    if call.when == "call":
+        problem = _device_problem(test)
+        if problem and report.outcome != "skipped":
+            report.outcome = "failed"
+            report.longrepr = problem if report.longrepr is None else f"{problem}\n\n{report.longrepr}"
+            test.failed = True
+    if test.duts and call.when in ("call", "teardown") and report.outcome == "failed":
+        for opened in test.duts:
+            item.add_report_section(call.when, f"device log ({opened.spec.id})",
+                                    devices.log_excerpt(opened.dut, opened.log_mark) or "(nothing)")
+            item.add_report_section(call.when, f"device events ({opened.spec.id})",
+                                    "\n".join(devices.event_lines(opened.dut, opened.event_mark)) or "(none)")
     if call.when == "call" and test.broker is not None:
         ended = _state(item.config).pool.restart_if_dead(test.broker, canonical_test_id(item))
         if ended is not None:  # the broker died during this test: that is the finding, whatever else happened
@@ -446,6 +484,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+def _device_problem(test: RunningTest) -> str:
+    """An unexpected reboot or a lost event line during the test fails it, whatever the test checked."""
+    lines = []
+    for opened in test.duts:
+        for banner in opened.dut.unexpected_reboots[opened.reboots_mark:]:
+            lines.append(f"device {opened.spec.id} rebooted during the test: reset reason "
+                         f"{banner.get('reset_reason', 'unknown')}")
+        opened.reboots_mark = len(opened.dut.unexpected_reboots)
+        lost = [p for p in opened.dut.problems if "lost" in p.lower()]
+        lines += [f"device {opened.spec.id}: {p}" for p in lost]
+    return "\n".join(dict.fromkeys(lines))
+
+
 def _broker_log(test: RunningTest) -> str:
     if test.broker is None:
         return ""
@@ -455,9 +506,11 @@ def _broker_log(test: RunningTest) -> str:
 
 def _payload(item: pytest.Item, test: RunningTest, last: bool) -> dict[str, Any]:
     spec, version = _spec_of(item), _version_of(item)
+    dut_spec = _dut_of(item)
     payload: dict[str, Any] = {
         "test": canonical_test_id(item), "area": Path(str(item.path)).stem, "broker": spec.id if spec else None,
         "mqtt_version": version, "statements": markers.statement_ids(item.iter_markers("spec"), version),
+        "device": dut_spec.id if dut_spec else None,
     }
     if last:
         clients = test.factory.clients if test.factory is not None else []
@@ -466,7 +519,11 @@ def _payload(item: pytest.Item, test: RunningTest, last: bool) -> dict[str, Any]
             "clients": client_logs(clients, raw=test.failed),
             "broker_log": (_broker_log(test) or None) if test.failed else None,
             "expected": test.expected, "actual": test.actual,
+            "device_log": "\n\n".join(devices.log_excerpt(o.dut, o.log_mark) for o in test.duts) or None,
+            "device_events": [line for o in test.duts for line in devices.event_lines(o.dut, o.event_mark)],
         }
+        facts = _state(item.config).devices.facts
+        payload["device_info"] = [facts[o.spec.id].to_json() for o in test.duts if o.spec.id in facts]
     return payload
 
 
@@ -545,6 +602,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state is not None:
         for error in state.pool.stop_all():
             warnings.warn(f"mqtt-harness: stopping broker {error}", stacklevel=1)
+        for error in state.devices.stop_all():
+            warnings.warn(f"mqtt-harness: stopping device {error}", stacklevel=1)
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -594,3 +653,39 @@ def certs(pki):
 def keepalive_seconds(request: pytest.FixtureRequest) -> int:
     """The keepalive (seconds) keepalive tests use (--keepalive-seconds)."""
     return request.config.getoption("keepalive_seconds")
+
+
+@pytest.fixture
+def dut(request: pytest.FixtureRequest):
+    """The device under test (harness.device.serial_driver.Dut), one per --dut: opened for this test under an
+    exclusive lock, its client destroyed before and after, its log and events attached to the report."""
+    with _open_device(request, request.param) as opened:
+        yield opened
+
+
+@pytest.fixture
+def duts(request: pytest.FixtureRequest):
+    """Every --dut at once, for tests that need several devices (a list of Dut, in --dut order)."""
+    specs = _state(request.config).dut_specs
+    if not specs:
+        pytest.skip(devices.NO_DUT)
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(_open_device(request, spec)) for spec in specs]
+
+
+@contextlib.contextmanager
+def _open_device(request: pytest.FixtureRequest, spec: devices.DutSpec):
+    state = _state(request.config)
+    test = request.node.stash.setdefault(_TEST, RunningTest())
+    lock_wait = 2 * float(request.config.getoption("mqtt_timeout")) + 30
+    with state.devices.exclusive(spec, timeout=lock_wait) as path:
+        dut = state.devices.open(spec, path)
+        try:
+            dut.destroy()  # whatever the last test left running
+            test.duts.append(OpenDevice(spec, dut, log_mark=len(dut.log), event_mark=len(dut.events),
+                                        reboots_mark=len(dut.unexpected_reboots)))
+            yield dut
+        finally:
+            with contextlib.suppress(Exception):  # a device that rebooted or vanished: the test says so already
+                dut.destroy()
+            dut.close()

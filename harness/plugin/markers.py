@@ -27,6 +27,7 @@ MARKERS = (
                                   "tls", "mtls", "ws", "wss")),
     "v5_only: run the test at MQTT 5 only",
     "v311_only: run the test at MQTT 3.1.1 only",
+    "device: a test of the device under test (--dut); skips when no --dut is given",
 )
 
 

@@ -20,8 +20,8 @@ import pytest
 
 import harness
 from harness.report.model import (
-    ERROR, FAILED, PASSED, SKIPPED, XFAILED, XPASSED, Artifacts, BrokerInfo, ClientLog, Report, Result, RunInfo,
-    now_iso,
+    ERROR, FAILED, PASSED, SKIPPED, XFAILED, XPASSED, Artifacts, BrokerInfo, ClientLog, DeviceInfo, Report, Result,
+    RunInfo, now_iso,
 )
 
 MAX_FAILURE_TEXT = 30_000
@@ -37,6 +37,7 @@ class ResultCollector:
         self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
         self.results: dict[str, Result] = {}
         self.brokers: dict[str, BrokerInfo] = {}
+        self.devices: dict[str, DeviceInfo] = {}
         self.workers: set[str] = set()
         self.reruns: dict[str, int] = {}
         self._pending: dict[str, dict[str, Any]] = {}
@@ -89,17 +90,20 @@ class ResultCollector:
         info = payload.get("broker_info")
         if info:
             self._add_broker(info)
+        for device in payload.get("device_info") or []:
+            self.devices.setdefault(device["id"], DeviceInfo(**device))
         raw = payload.get("artifacts") or {}
         failure = state["failure"]
         artifacts = Artifacts(
             clients=[ClientLog(**c) for c in raw.get("clients", [])],
             broker_log=raw.get("broker_log"), expected=raw.get("expected"), actual=list(raw.get("actual") or []),
-            failure=failure[:MAX_FAILURE_TEXT] if failure else None)
+            failure=failure[:MAX_FAILURE_TEXT] if failure else None,
+            device_log=raw.get("device_log"), device_events=list(raw.get("device_events") or []))
         result = Result(
             test=payload["test"], nodeid=report.nodeid, area=payload["area"], broker=payload["broker"],
             mqtt_version=payload["mqtt_version"], outcome=state["outcome"] or ERROR,
             statements=list(payload["statements"]), duration=round(state["duration"], 6), reason=state["reason"],
-            reruns=self.reruns.get(report.nodeid, 0), artifacts=artifacts)
+            reruns=self.reruns.get(report.nodeid, 0), artifacts=artifacts, device=payload.get("device"))
         self.results[report.nodeid] = result
         return result
 
@@ -129,7 +133,8 @@ class ResultCollector:
         for broker_id, extra in (notes or {}).items():
             if broker_id in self.brokers:
                 self.brokers[broker_id].notes += [n for n in extra if n not in self.brokers[broker_id].notes]
-        return Report(run=run, brokers=list(self.brokers.values()), results=list(self.results.values()))
+        return Report(run=run, brokers=list(self.brokers.values()), results=list(self.results.values()),
+                      devices=list(self.devices.values()))
 
 
 def _first_line(text: str) -> str:

@@ -141,9 +141,11 @@ def render(report: Report) -> str:
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         _header(report, counts),
         "<nav class='tabs'><a href='#brokers'>Brokers</a><a href='#matrix'>Matrix</a>"
-        "<a href='#statements'>Statements</a><a href='#run'>Run</a></nav><main>",
+        + ("<a href='#devices'>Devices</a>" if report.devices else "")
+        + "<a href='#statements'>Statements</a><a href='#run'>Run</a></nav><main>",
         _brokers(report),
         _matrix(report, ids),
+        _devices(report, ids),
         _statements(report, ids),
         _run(report),
         "</main>",
@@ -225,8 +227,11 @@ def _matrix(report: Report, ids: dict[int, str]) -> str:
     brokers = [b.id for b in report.brokers]
     rows: dict[str, dict[tuple[str, str], dict[str, Result]]] = defaultdict(lambda: defaultdict(dict))
     for result in report.results:
-        rows[result.area][(result.test, result.mqtt_version or "")][result.broker or ""] = result
+        if result.device is None:  # device tests have their own matrix (devices x tests)
+            rows[result.area][(result.test, result.mqtt_version or "")][result.broker or ""] = result
     if not rows:
+        if report.devices:
+            return ""
         return "<section id='matrix'><h2>Matrix</h2><div class='empty'>No results.</div></section>"
     columns = brokers + ([""] if any("" in row for area in rows.values() for row in area.values()) else [])
     head = "".join(f"<th class='cell'>{escape(b or 'collection')}</th>" for b in columns)
@@ -254,6 +259,41 @@ def _matrix(report: Report, ids: dict[int, str]) -> str:
             "<label><input id='only' type='checkbox'> only problems</label>"
             f"<div class='legend'>{legend}</div></div>"
             f"<table><thead><tr><th>Test</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")
+
+
+def _devices(report: Report, ids: dict[int, str]) -> str:
+    """Device cards (the banner each device announced) and the devices x tests matrix."""
+    if not report.devices:
+        return ""
+    cards = []
+    for device in report.devices:
+        counts = report.counts(r for r in report.results if r.device == device.id)
+        b = device.banner
+        what = " · ".join(f"{k} {b[k]}" for k in ("fw", "idf", "esp_mqtt", "chip", "mac", "libmosquitto") if b.get(k))
+        bugs = (f"<div class='muted'>seeded bugs: {escape(', '.join(device.bugs))}</div>" if device.bugs else "")
+        cards.append(f"<div class='card'><h3>{escape(device.id)} <span class='ver'>{escape(device.platform)}</span></h3>"
+                     f"<div class='sub mono'>{escape(device.port)}</div><div class='muted'>{escape(what)}</div>"
+                     f"<div class='muted'>reset reason at first contact: {escape(str(b.get('reset_reason', '?')))}"
+                     f"</div>{bugs}{_bar(counts)}<div class='counts'>"
+                     + "".join(_count(o, counts[o]) for o in OUTCOMES if counts[o]) + "</div></div>")
+    columns = [d.id for d in report.devices]
+    rows: dict[tuple[str, str], dict[str, Result]] = defaultdict(dict)
+    for result in report.results:
+        if result.device is not None:
+            rows[(result.test, result.broker or "")][result.device] = result
+    body = []
+    for (test, broker), by_device in sorted(rows.items()):
+        cells = "".join(f"<td class='cell'>{_pill(r.outcome, ids[id(r)], r.reason)}</td>" if (r := by_device.get(d))
+                        else "<td class='cell muted'>·</td>" for d in columns)
+        problem = any(r.outcome in FAILING or r.outcome == XPASSED for r in by_device.values())
+        search = escape(f"{test} {broker} {' '.join(r.outcome for r in by_device.values())}".lower())
+        body.append(f"<tr class='row' data-search='{search}' data-problem='{int(problem)}'><td class='test'>"
+                    f"<span class='mono'>{escape(test.split('::', 1)[-1])}</span>"
+                    f"<span class='ver'>via {escape(broker)}</span></td>{cells}</tr>")
+    head = "".join(f"<th class='cell'>{escape(d)}</th>" for d in columns)
+    return (f"<section id='devices'><h2>Devices</h2><div class='cards'>{''.join(cards)}</div>"
+            f"<table><thead><tr><th>Device test</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            "</section>")
 
 
 def _area_name(area: str) -> str:
@@ -337,6 +377,7 @@ def _detail(report: Report, result: Result, anchor: str) -> str:
     broker: BrokerInfo | None = report.broker(result.broker) if result.broker else None
     art = result.artifacts
     facts = [("Test", result.test), ("Broker", f"{broker.name} ({broker.backend})" if broker else "—"),
+             *([("Device", result.device)] if result.device else []),
              ("MQTT version", result.mqtt_version or "—"), ("Area", _area_name(result.area)),
              ("Duration", f"{result.duration:.3f} s"), ("Node id", result.nodeid)]
     if result.reruns:
@@ -360,6 +401,12 @@ def _detail(report: Report, result: Result, anchor: str) -> str:
         title = f"Packet log of {client.name} ({client.client_id}, MQTT {client.mqtt_version}, {client.url})"
         parts.append(f"<details{opened}><summary>{escape(title)}</summary><pre>{_packets(client.packets)}</pre>"
                      "</details>")
+    if result.device:
+        shown = " open" if result.outcome in FAILING else ""
+        parts.append(f"<details{shown}><summary>Events of device {escape(result.device)}</summary><pre>"
+                     f"{escape(chr(10).join(art.device_events) or '(none)')}</pre></details>")
+        parts.append(f"<details{shown}><summary>Log of device {escape(result.device)} during the test</summary>"
+                     f"<pre>{escape(art.device_log or '(nothing)')}</pre></details>")
     if art.broker_log:
         parts.append(f"<details open><summary>Broker log during the test</summary><pre>{escape(art.broker_log)}</pre>"
                      "</details>")

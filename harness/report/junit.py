@@ -19,7 +19,8 @@ def render(report: Report) -> str:
     """One <testsuite> per broker (collection errors in their own), one <testcase> per result."""
     suites: dict[str, list[Result]] = defaultdict(list)
     for result in report.results:
-        suites[result.broker or "collection"].append(result)
+        key = result.broker or "collection"
+        suites[f"{key}/{result.device}" if result.device else key].append(result)
     root = ET.Element("testsuites", name=f"mqtt-harness {report.run.id}")
     totals = defaultdict(int)
     for broker_id, results in suites.items():
@@ -42,7 +43,9 @@ def render(report: Report) -> str:
 def _testcase(suite: ET.Element, result: Result) -> None:
     path, _, name = result.test.partition("::")
     version = f"[MQTT {result.mqtt_version}]" if result.mqtt_version else ""
-    case = ET.SubElement(suite, "testcase", classname=f"{result.broker or 'collection'}.{result.area}",
+    where = result.broker or "collection"
+    where += f".{result.device}" if result.device else ""
+    case = ET.SubElement(suite, "testcase", classname=f"{where}.{result.area}",
                          name=f"{name or path}{version}", file=path, time=f"{result.duration:.3f}")
     if result.statements:
         props = ET.SubElement(case, "properties")
@@ -59,6 +62,8 @@ def _testcase(suite: ET.Element, result: Result) -> None:
         ET.SubElement(case, "skipped", message=prefix + reason)
     elif result.outcome == XPASSED:
         ET.SubElement(case, "system-out").text = f"unexpectedly passed (xfail: {reason})"
+    if result.artifacts.device_log and result.outcome in (FAILED, ERROR):
+        ET.SubElement(case, "system-err").text = _text(result.artifacts.device_log)
 
 
 def write(report: Report, path: str | Path) -> Path:

@@ -53,6 +53,8 @@ class Artifacts:
     expected: str | None = None  # a failed expectation: the packet that was expected (codec summary form)
     actual: list[str] = field(default_factory=list)  # ... and what arrived instead
     failure: str | None = None  # pytest's failure text (traceback, assertion message)
+    device_log: str | None = None  # device tests: the device's log lines during the test (every outcome)
+    device_events: list[str] = field(default_factory=list)  # ... and its events, decoded one per line
 
 
 @dataclass
@@ -70,11 +72,12 @@ class Result:
     reason: str = ""  # why skipped/xfailed, or the first line of the failure
     reruns: int = 0  # times a rerun plugin ran it again before this outcome
     artifacts: Artifacts = field(default_factory=Artifacts)
+    device: str | None = None  # DeviceInfo.id for device tests
 
     @property
     def key(self) -> tuple[str, str, str]:
-        """Identifies the same check across runs: (test, MQTT version, broker)."""
-        return self.test, self.mqtt_version or "", self.broker or ""
+        """Identifies the same check across runs: (test, MQTT version, broker[/device])."""
+        return self.test, self.mqtt_version or "", (self.broker or "") + (f"/{self.device}" if self.device else "")
 
 
 @dataclass
@@ -91,6 +94,19 @@ class BrokerInfo:
     capabilities: dict[str, Any] = field(default_factory=dict)
     capabilities_source: str = ""  # "profile" or "discovery"
     known_limits: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeviceInfo:
+    """A device under test: a column of the devices x tests matrix."""
+
+    id: str  # e.g. "virtual", "virtual-no-dup", "ttyUSB0"
+    spec: str  # as given to --dut
+    port: str  # the port or URL it was reached on
+    platform: str = ""  # esp32, virtual, host
+    banner: dict[str, Any] = field(default_factory=dict)  # its HELLO answer: firmware, IDF, esp-mqtt, chip, MAC...
+    bugs: list[str] = field(default_factory=list)  # seeded bugs of a virtual device
     notes: list[str] = field(default_factory=list)
 
 
@@ -118,6 +134,10 @@ class Report:
     run: RunInfo
     brokers: list[BrokerInfo] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    devices: list[DeviceInfo] = field(default_factory=list)
+
+    def device(self, device_id: str) -> DeviceInfo | None:
+        return next((d for d in self.devices if d.id == device_id), None)
 
     def broker(self, broker_id: str) -> BrokerInfo | None:
         return next((b for b in self.brokers if b.id == broker_id), None)
@@ -148,6 +168,7 @@ class Report:
             run=_build(RunInfo, data["run"]),
             brokers=[_build(BrokerInfo, b) for b in data.get("brokers", [])],
             results=[_result(r) for r in data.get("results", [])],
+            devices=[_build(DeviceInfo, d) for d in data.get("devices", [])],
         )
 
 

@@ -1,0 +1,34 @@
+/* esp_err_to_name() for the codes the host shim produces (names as ESP-IDF's esp_err_to_name gives them). */
+#include <stddef.h>
+
+#include "esp_err.h"
+
+#define N(x) {x, #x}
+static const struct {
+    esp_err_t code;
+    const char *name;
+} NAMES[] = {
+    N(ESP_OK), N(ESP_FAIL), N(ESP_ERR_NO_MEM), N(ESP_ERR_INVALID_ARG), N(ESP_ERR_INVALID_STATE),
+    N(ESP_ERR_INVALID_SIZE), N(ESP_ERR_NOT_FOUND), N(ESP_ERR_NOT_SUPPORTED), N(ESP_ERR_TIMEOUT),
+    N(ESP_ERR_ESP_TLS_CANNOT_RESOLVE_HOSTNAME), N(ESP_ERR_ESP_TLS_CANNOT_CREATE_SOCKET),
+    N(ESP_ERR_ESP_TLS_UNSUPPORTED_PROTOCOL_FAMILY), N(ESP_ERR_ESP_TLS_FAILED_CONNECT_TO_HOST),
+    N(ESP_ERR_ESP_TLS_SOCKET_SETOPT_FAILED), N(ESP_ERR_ESP_TLS_CONNECTION_TIMEOUT), N(ESP_ERR_ESP_TLS_SE_FAILED),
+    N(ESP_ERR_ESP_TLS_TCP_CLOSED_FIN), N(ESP_ERR_MBEDTLS_CERT_PARTLY_OK), N(ESP_ERR_MBEDTLS_CTR_DRBG_SEED_FAILED),
+    N(ESP_ERR_MBEDTLS_SSL_SET_HOSTNAME_FAILED), N(ESP_ERR_MBEDTLS_SSL_CONFIG_DEFAULTS_FAILED),
+    N(ESP_ERR_MBEDTLS_SSL_CONF_ALPN_PROTOCOLS_FAILED), N(ESP_ERR_MBEDTLS_X509_CRT_PARSE_FAILED),
+    N(ESP_ERR_MBEDTLS_SSL_CONF_OWN_CERT_FAILED), N(ESP_ERR_MBEDTLS_SSL_SETUP_FAILED),
+    N(ESP_ERR_MBEDTLS_SSL_WRITE_FAILED), N(ESP_ERR_MBEDTLS_PK_PARSE_KEY_FAILED),
+    N(ESP_ERR_MBEDTLS_SSL_HANDSHAKE_FAILED), N(ESP_ERR_MBEDTLS_SSL_CONF_PSK_FAILED),
+    N(ESP_ERR_MBEDTLS_SSL_TICKET_SETUP_FAILED),
+};
+#undef N
+
+const char *esp_err_to_name(esp_err_t code)
+{
+    for (size_t i = 0; i < sizeof NAMES / sizeof NAMES[0]; i++) {
+        if (NAMES[i].code == code) {
+            return NAMES[i].name;
+        }
+    }
+    return "UNKNOWN ERROR"; /* what ESP-IDF prints for a code it has no name for */
+}

@@ -1,0 +1,5 @@
+import sys
+
+from harness.device.virtual.cli import main
+
+sys.exit(main())
