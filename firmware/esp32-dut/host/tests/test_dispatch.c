@@ -205,7 +205,7 @@ static void client_verbs(void **state)
     send("@@1 4 INIT {}");
     expect_err(4, "CLIENT_EXISTS");
     send("@@1 5 PUBLISH {\"topic\":\"t\",\"qos\":0}");
-    assert_int_equal(ok_number(5, "msg_id"), -1); /* not connected: QoS 0 is lost, -1 verbatim */
+    assert_true(ok_number(5, "msg_id") == -1); /* not connected: QoS 0 is lost, -1 verbatim */
     send("@@1 6 START {}");
     expect_ok(6);
     send("@@1 7 START {}");
