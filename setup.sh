@@ -9,7 +9,8 @@ say() { printf '[setup] %s\n' "$*"; }
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(mosquitto mosquitto-clients nats-server docker.io socat python3-venv nodejs npm chromium tshark)
+APT_PACKAGES=(mosquitto mosquitto-clients nats-server docker.io socat python3-venv nodejs npm chromium tshark
+  cmake gcc clang pkg-config libmosquitto-dev libcjson-dev libssl-dev libcmocka-dev)  # second line: the firmware host build
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

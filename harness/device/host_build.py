@@ -1,6 +1,6 @@
 """The device firmware's C core built for Linux (firmware/esp32-dut/host): build it, start it, stop it.
 
-    path = build()                      # build/host/mqtt-dut-host, rebuilt only when a source changed
+    path = build()                      # firmware/esp32-dut/host/build/release/mqtt-dut-host, rebuilt only when a source changed
     with spawn(resolve={"broker.lan": "127.0.0.1"}) as dev:
         dev.path                        # its pseudo-terminal: give it to serial_driver.Dut.open()
 
@@ -54,7 +54,7 @@ class HostDeviceError(HarnessError):
 
 
 def build_dir(sanitize: bool = False) -> Path:
-    return REPO / "build" / ("host-asan" if sanitize else "host")
+    return HOST_SOURCE / "build" / ("asan" if sanitize else "release")
 
 
 def missing_packages() -> list[str]:
@@ -98,7 +98,7 @@ def _source_digest(options: list[str]) -> str:
 
 
 def build(sanitize: bool = False, force: bool = False, *, jobs: int | None = None, tests: bool | None = None) -> Path:
-    """Configure and build the host firmware (build/host, or build/host-asan with ASan+UBSan) when a source
+    """Configure and build the host firmware (firmware/esp32-dut/host/build/release, or .../build/asan with ASan+UBSan) when a source
     changed since the last build (or `force`); return the binary. The cmocka tests are built too when cmocka
     is installed (`tests` forces the choice). Raises HostBuildError."""
     missing = missing_packages()
@@ -266,7 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only build (or rebuild if sources changed) the host firmware, print the binary's path "
                              "and exit")
     parser.add_argument("--sanitize", action="store_true",
-                        help="the AddressSanitizer + UBSan build (build/host-asan); a sanitizer report on exit fails")
+                        help="the AddressSanitizer + UBSan build (firmware/esp32-dut/host/build/asan); a sanitizer report on exit fails")
     parser.add_argument("--resolve", action="append", default=[], metavar="NAME=IP",
                         help="a name the device resolves (repeatable); it never asks DNS: only localhost, IP "
                              "literals and these")

@@ -112,6 +112,7 @@ class PluginState:
     devices: devices.DevicePool
     dut_specs: list[devices.DutSpec]
     run_token: str = field(default_factory=lambda: secrets.token_hex(3))
+    worker_device_errors: list[str] = field(default_factory=list)  # from xdist workers, for the controller
     _specs: list[BrokerSpec] | None = None
 
     def specs(self) -> list[BrokerSpec]:
@@ -602,8 +603,36 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state is not None:
         for error in state.pool.stop_all():
             warnings.warn(f"mqtt-harness: stopping broker {error}", stacklevel=1)
-        for error in state.devices.stop_all():
+        device_errors = state.devices.stop_all()
+        if hasattr(session.config, "workerinput"):  # the controller reports them (pytest_testnodedown)
+            session.config.workeroutput["mqtt_harness_device_errors"] = device_errors
+        else:
+            _fail_on_device_errors(session, device_errors + state.worker_device_errors)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist: a worker's devices stopped; keep what went wrong (a sanitizer report) for the controller."""
+    state = node.config.stash.get(_STATE, None)
+    output = getattr(node, "workeroutput", None) or {}
+    if state is not None:
+        state.worker_device_errors += list(output.get("mqtt_harness_device_errors") or [])
+
+
+def _fail_on_device_errors(session: pytest.Session, errors: list[str]) -> None:
+    """A device that left a sanitizer report or would not stop fails the run, even if every test passed."""
+    if not errors:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("!", "mqtt-harness: device failure after the tests", red=True)
+    for error in errors:
+        if reporter is not None:
+            reporter.write_line(f"stopping device {error}")
+        else:
             warnings.warn(f"mqtt-harness: stopping device {error}", stacklevel=1)
+    if session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -680,6 +709,11 @@ def _open_device(request: pytest.FixtureRequest, spec: devices.DutSpec):
     lock_wait = 2 * float(request.config.getoption("mqtt_timeout")) + 30
     with state.devices.exclusive(spec, timeout=lock_wait) as path:
         dut = state.devices.open(spec, path)
+        reason = markers.behaviour_skip(request.node.iter_markers("esp_behaviour"), spec.id,
+                                        (getattr(dut, "info", None) or {}).get("differs") or {})
+        if reason:
+            dut.close()
+            pytest.skip(reason)
         try:
             dut.destroy()  # whatever the last test left running
             test.duts.append(OpenDevice(spec, dut, log_mark=len(dut.log), event_mark=len(dut.events),

@@ -17,6 +17,9 @@ SECTION_PATTERN = re.compile(r"§\d+(\.\d+)*")
 VERSION_IDS = {"3.1.1": "mqtt311", "5": "mqtt5"}
 _SPEC_KEYWORDS = {"v5": "5", "v311": "3.1.1"}
 
+# esp-mqtt behaviours a stand-in may lack (the host build: libmosquitto does the MQTT work)
+ESP_BEHAVIOURS = ("retransmit", "outbox", "keepalive")
+
 MARKERS = (
     "spec(*ids, v5=ids, v311=ids): OASIS normative statement IDs the test checks (IDs for every MQTT version it "
     "runs at; v5=/v311= for one version only), or spec sections like '§5.4.3' where the rule has no tagged "
@@ -28,6 +31,8 @@ MARKERS = (
     "v5_only: run the test at MQTT 5 only",
     "v311_only: run the test at MQTT 3.1.1 only",
     "device: a test of the device under test (--dut); skips when no --dut is given",
+    "esp_behaviour(*names): the test relies on esp-mqtt behaviours (" + ", ".join(ESP_BEHAVIOURS) + "); a device "
+    "whose banner lists one under `differs` (docs/dut-protocol.md) skips with the device's own reason",
 )
 
 
@@ -163,4 +168,15 @@ def known_limit(limits: dict[str, str], keys: Iterable[str]) -> tuple[str, str] 
     for key in keys:
         if key in limits:
             return key, limits[key]
+    return None
+
+
+def behaviour_skip(markers: Iterable, device_name: str, differs: dict) -> str | None:
+    """Why a device test cannot run on this device: an esp_behaviour(...) it announces it does not have."""
+    for mark in markers:
+        for name in mark.args:
+            if name not in ESP_BEHAVIOURS:
+                raise ValueError(f"esp_behaviour({name!r}): unknown; known: {', '.join(ESP_BEHAVIOURS)}")
+            if name in (differs or {}):
+                return f"device {device_name} differs from esp-mqtt in {name}: {differs[name]}"
     return None

@@ -21,6 +21,7 @@ def _send_gaps(wire, connection: int) -> list[float]:
 
 
 @pytest.mark.spec("MQTT-3.1.2-23")
+@pytest.mark.esp_behaviour("keepalive")
 async def test_pingreq_comes_before_the_keepalive_runs_out(dut, wire, device_config):
     await start_device(dut, device_config(keepalive=KEEPALIVE))
     conn = wire.connections[-1].id
@@ -31,6 +32,7 @@ async def test_pingreq_comes_before_the_keepalive_runs_out(dut, wire, device_con
 
 
 @pytest.mark.spec("MQTT-3.1.2-23")
+@pytest.mark.esp_behaviour("keepalive")
 async def test_pingreq_keeps_coming_while_messages_arrive(dut, wire, device_config, client_factory, topic):
     """Traffic toward the device is not traffic from it: the broker only hears the device's own packets."""
     await start_device(dut, device_config(keepalive=KEEPALIVE))
@@ -50,6 +52,7 @@ async def test_pingreq_keeps_coming_while_messages_arrive(dut, wire, device_conf
 
 
 @pytest.mark.spec("§3.1.2.10")
+@pytest.mark.esp_behaviour("keepalive")
 async def test_half_open_connection_is_noticed_and_the_device_reconnects(dut, wire, device_config):
     await start_device(dut, device_config(keepalive=KEEPALIVE))
     conn = wire.connections[-1].id

@@ -44,6 +44,7 @@ async def test_persistent_session_gets_the_messages_queued_while_the_device_was_
 
 
 @pytest.mark.spec("MQTT-3.3.1-1")
+@pytest.mark.esp_behaviour("retransmit")
 async def test_publish_resent_after_a_lost_puback_has_dup_set(dut, wire, device_config, client_factory, topic):
     lost = wire.add_rule(when("PUBACK", direction=DOWNSTREAM, scope="global", times=1).drop())
     await start_device(dut, device_config())
@@ -94,6 +95,7 @@ async def test_pubrel_not_publish_is_resent_after_reconnecting_once_pubrec_came(
 
 
 @pytest.mark.spec("MQTT-3.1.2-6")
+@pytest.mark.esp_behaviour("outbox")
 async def test_clean_session_does_not_get_the_old_in_flight_messages(dut, wire, device_config, topic):
     wire.add_rule(when("PUBACK", direction=DOWNSTREAM, scope="global", times=1).close("before"))
     # keepalive 4 s: its first PINGREQ (after 2 s) is the barrier; a replay comes right after CONNACK or at the

@@ -270,14 +270,24 @@ static const char *p_reset_reason(void *ctx)
     return g_host.reset_reason;
 }
 
-static char s_extra[256];
+/* esp-mqtt behaviours this build does not have, because libmosquitto does the MQTT work (protocol §3,
+ * `differs`): the device suites skip the tests that rely on them and say why */
+#define HOST_DIFFERS                                                                                         \
+    "{\"retransmit\":\"libmosquitto resends an unacknowledged QoS 1/2 message only on reconnect, not on "       \
+    "esp-mqtt's 1 s retransmit timer\","                                                                    \
+    "\"outbox\":\"libmosquitto keeps in-flight messages across a clean-session reconnect and resends them; "    \
+    "esp-mqtt's outbox semantics differ\","                                                                 \
+    "\"keepalive\":\"libmosquitto takes a keepalive of 0 or at least 5 s, so PINGREQ cadence and half-open "     \
+    "detection at shorter keepalives are libmosquitto's, not esp-mqtt's\"}"
+
+static char s_extra[1024];
 
 static void p_identity(void *ctx, dut_identity_t *id)
 {
     (void)ctx;
     int major = 0, minor = 0, rev = 0;
     mosquitto_lib_version(&major, &minor, &rev);
-    snprintf(s_extra, sizeof s_extra, "{\"libmosquitto\":\"%d.%d.%d\",\"openssl\":\"%s\",\"build\":\"%s\"}", major,
+    snprintf(s_extra, sizeof s_extra, "{\"libmosquitto\":\"%d.%d.%d\",\"openssl\":\"%s\",\"build\":\"%s\",\"differs\":" HOST_DIFFERS "}", major,
              minor, rev, OPENSSL_VERSION_TEXT,
 #ifdef DUT_SANITIZE
              "asan+ubsan"
