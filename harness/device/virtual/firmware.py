@@ -113,6 +113,7 @@ class Firmware:
         self.blobs: dict[str, Blob] = {}
         self.levels: dict[str, int] = {"*": LOG_LEVELS["INFO"]}
         self.seq = 0
+        self._last_id: int | None = None  # the previous request's id (DUPLICATE_ID)
         self.epoch_offset = self.host_epoch_offset
         self.time_source = "sntp"
         self.min_free_heap = HEAP_TOTAL
@@ -223,6 +224,14 @@ class Firmware:
         if msg.id is None or not 1 <= msg.id <= 2147483647:
             self._answer(None, Err("BAD_ARGS", "a request needs an id from 1 to 2147483647"))
             return
+        # the previous id again is a line sent twice: running it again could publish twice (protocol §4)
+        if msg.kind == "HELLO":
+            self._last_id = None
+        elif msg.id == self._last_id:
+            self._answer(msg.id, Err("DUPLICATE_ID", "this id was the previous request's; not executed"))
+            return
+        else:
+            self._last_id = msg.id
         self._request(msg, now)
 
     def _request(self, msg: Message, now: int) -> None:
@@ -338,9 +347,7 @@ class Firmware:
 
     def _verb_blob_free(self, body, now, rid):
         name = _text(body, "name")
-        self._blob(name)
-        del self.blobs[name]
-        return {}
+        return {"existed": self.blobs.pop(name, None) is not None}
 
     def _blob(self, name: str) -> Blob:
         if name not in self.blobs:

@@ -154,6 +154,48 @@ static void bad_input(void **state)
     expect_ok(8);
     send("@@1 9 PUBLISH {\"topic\":\"t\",\"qos\":3}");
     expect_err(9, "NO_CLIENT"); /* the client check comes first */
+    /* a config with wrong types is refused, naming the field, and no client is made */
+    send("@@1 11 INIT {\"config\":{\"broker\":{\"address\":{\"uri\":42}},\"session\":{\"keepalive\":\"soon\"}}}");
+    expect_err(11, "BAD_ARGS");
+    send("@@1 12 STATE {}");
+    expect_err(12, "NO_CLIENT");
+    /* bad base64 in a chunk */
+    send("@@1 13 BLOB_BEGIN {\"name\":\"x\",\"size\":3}");
+    expect_ok(13);
+    send("@@1 14 BLOB_CHUNK {\"name\":\"x\",\"offset\":0,\"b64\":\"!!!*\"}");
+    expect_err(14, "BAD_ARGS");
+}
+
+/* the last answer of `kind`, checked to be for `id` (here one id is answered twice on purpose) */
+static cJSON *last_answer(const char *kind, long id)
+{
+    long got = 0;
+    cJSON *o = fake_last(kind, &got);
+    assert_non_null(o);
+    assert_int_equal(got, id);
+    return o;
+}
+
+static void duplicate_id_is_not_executed(void **state)
+{
+    (void)state;
+    send("@@1 10 PING {}");
+    cJSON_Delete(last_answer("OK", 10));
+    int oks = fake_count("OK"), errs = fake_count("ERR");
+    send("@@1 10 PING {}"); /* the previous request's id again: a line sent twice */
+    cJSON *e = last_answer("ERR", 10);
+    assert_string_equal(cJSON_GetObjectItem(e, "name")->valuestring, "DUPLICATE_ID");
+    cJSON_Delete(e);
+    assert_int_equal(fake_count("OK"), oks);
+    assert_int_equal(fake_count("ERR"), errs + 1);
+    send("@@1 11 PING {}");
+    cJSON_Delete(last_answer("OK", 11));
+    send("@@1 10 PING {}"); /* not the previous one: fine */
+    cJSON_Delete(last_answer("OK", 10));
+    send("@@1 10 HELLO {\"proto\":1}"); /* a new host session may start at any id */
+    cJSON_Delete(last_answer("OK", 10));
+    send("@@1 10 PING {}");
+    assert_int_equal(fake_count("OK"), oks + 4);
 }
 
 static void every_verb_answers_once(void **state)
@@ -346,6 +388,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(hello_has_every_banner_field, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(duplicate_id_is_not_executed, setup, teardown),
         cmocka_unit_test_setup_teardown(every_verb_answers_once, setup, teardown),
         cmocka_unit_test_setup_teardown(client_verbs, setup, teardown),
         cmocka_unit_test_setup_teardown(echo_round_trip, setup, teardown),

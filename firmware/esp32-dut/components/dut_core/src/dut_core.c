@@ -25,6 +25,7 @@ static struct {
     volatile int tracked;              /* index into STATES, from events */
     uint32_t seq;                      /* last EVT seq written; guarded by the platform lock */
     uint32_t data_crc;                 /* running CRC-32 of the DATA message in progress */
+    long last_id;                      /* the previous request's id (0: none since boot or HELLO) */
 } s;
 
 enum { ST_ERROR, ST_UNKNOWN, ST_INIT, ST_DISCONNECTED, ST_CONNECTED, ST_WAIT_RECONNECT };
@@ -1072,6 +1073,16 @@ static void handle_line(const char *line, size_t len, bool too_long)
     if (f.id < 0) {
         send_err(-1, "BAD_ARGS", "a request needs a numeric id, not '-'", NULL);
         return;
+    }
+    /* the same id twice in a row is a line sent twice: answering it again must not run it again (a second
+     * PUBLISH); HELLO starts a host session at any id */
+    if (strcmp(f.kind, "HELLO") == 0) {
+        s.last_id = 0;
+    } else if (f.id == s.last_id) {
+        send_err(f.id, "DUPLICATE_ID", "this id was the previous request's; not executed", NULL);
+        return;
+    } else {
+        s.last_id = f.id;
     }
     /* the line buffer is not NUL-terminated at the JSON's end when called directly: copy it */
     char *json = malloc(f.json_len + 1);
