@@ -369,3 +369,23 @@ def test_sanitizer_build_round_trip_is_clean(asan_binary, mosquitto, request):
             dut.ping()
     finally:
         dev.stop()  # raises with the report if ASan or UBSan said anything
+
+
+def test_libfuzzer_run_of_the_line_parser_and_dispatch_finds_nothing(tmp_path):
+    """The fuzz target (clang libFuzzer + ASan + UBSan) over the seed corpus: a short run in CI, the long run is
+    documented in firmware/esp32-dut/README.md. Any crash, leak or sanitizer report fails."""
+    if not shutil.which("clang") or host_build.missing_packages():
+        pytest.skip("the fuzz target needs clang and the host build packages: " + host_build.APT_HINT + " clang")
+    build = host_build.HOST_SOURCE / "build" / "fuzz"
+    env = {**os.environ, "CC": "clang"}
+    for cmd in (["cmake", "-S", str(host_build.HOST_SOURCE), "-B", str(build), "-DDUT_FUZZ=ON"],
+                ["cmake", "--build", str(build), "--target", "fuzz_dispatch", "-j2"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    corpus = tmp_path / "corpus"
+    shutil.copytree(host_build.HOST_SOURCE / "fuzz" / "corpus", corpus)
+    proc = subprocess.run([str(build / "fuzz_dispatch"), "-runs=5000", "-max_len=4096", "-max_total_time=120",
+                           f"-artifact_prefix={tmp_path}/", str(corpus)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Done 5000 runs" in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("leak-*"))
