@@ -51,3 +51,21 @@ def test_previous_request_id_again_is_refused_and_not_executed(standin):
     _send(standin, 8, "PING")
     standin.wait(lambda m: len(standin.answers(8)) == 3)
     assert [a.kind for a in standin.answers(8)] == ["OK", "OK", "OK"]
+
+
+def test_write_sends_a_console_line_the_firmware_logs_as_ignored():
+    """dut.write, as pytest-embedded users know it: a plain line; the firmware says it ignored it."""
+    from harness.device.serial_driver import Dut
+    from harness.device.virtual.spawn import spawn
+
+    dev = spawn()
+    try:
+        dut = Dut.open(dev.path, handshake_timeout=10)
+        try:
+            dut.write("help")
+            dut.expect(r"ignored a line without the @@ marker \(4 bytes\)", timeout=10)
+            assert dut.ping() == {}
+        finally:
+            dut.close()
+    finally:
+        dev.stop()

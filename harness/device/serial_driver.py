@@ -731,6 +731,13 @@ class Dut:
         """Bytes as they are, for bad-input tests (no framing, no handshake)."""
         self._write(bytes(data))
 
+    def write(self, text: str | bytes) -> None:
+        """One console line, as pytest-embedded's dut.write: the text and a newline. The firmware treats a line
+        without the @@ marker as input for nothing (it logs that it ignored it); protocol requests go
+        through request() and the typed calls."""
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        self._write(data if data.endswith(b"\n") else data + b"\n")
+
     # ------------------------------------------------------------------------------------- expectations
 
     def mark(self) -> int:
