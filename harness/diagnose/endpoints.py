@@ -29,6 +29,7 @@ VARIANTS = {
     "missing_intermediate": {"chain": "leaf"},
     "fullchain": {"chain": "fullchain"},
     "tls13": {"mqtts": "tls_version tlsv1.3"},
+    "tls11": {"mqtts": "tls_version tlsv1.1"},
     "auth": {"mqtts": "allow_anonymous false\npassword_file $run_dir_passwd\nacl_file $run_dir_acl",
              "per_listener": True},
 }

@@ -29,7 +29,7 @@ from harness.diagnose import advice, device_map, tls_inspect
 from harness.diagnose.layers import Diagnosis, LayerResult
 from harness.diagnose.resolver import system_resolve
 from harness.errors import ConnectionClosed, HarnessError, ProtocolError, Timeout, TlsError, WebSocketError
-from harness.transport import SocketStream, TlsOptions, WebSocketStream, _SocketProtocol, make_ssl_context
+from harness.transport import SocketStream, TlsOptions, WebSocketStream, _os_reason, _SocketProtocol, make_ssl_context
 from harness.url import BrokerUrl, parse_url
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -350,9 +350,7 @@ def _error_text(exc: BaseException) -> str:
         if text.startswith("[") and "] " in text:
             text = text.split("] ", 1)[1]
         return text.rsplit(" (_ssl.c:", 1)[0]
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc) or type(exc).__name__
+    return _os_reason(exc)
 
 
 async def _answers_plain_mqtt(st: _State) -> bool:

@@ -570,7 +570,8 @@ class ReportHooks:
         done = len(self.state.collector.results)
         width = len(str(self.total or done))
         line = (f"[{done:>{width}}/{self.total or '?'}] {self._SHOWN[result.outcome]} "
-                f"{result.broker or '-':<20} {result.mqtt_version or '-':<5} {result.test}")
+                f"{result.broker or '-':<20} {result.mqtt_version or '-':<5} {result.test}"
+                + (f" (device {result.device})" if result.device else ""))
         if result.outcome != "passed" and result.reason:
             line += f"\n{' ' * (2 * width + 4)}{result.reason[:200]}"
         reporter = self.state.config.pluginmanager.getplugin("terminalreporter")
