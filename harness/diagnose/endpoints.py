@@ -29,7 +29,6 @@ VARIANTS = {
     "missing_intermediate": {"chain": "leaf"},
     "fullchain": {"chain": "fullchain"},
     "tls13": {"mqtts": "tls_version tlsv1.3"},
-    "tls11": {"mqtts": "tls_version tlsv1.1"},
     "auth": {"mqtts": "allow_anonymous false\npassword_file $run_dir_passwd\nacl_file $run_dir_acl",
              "per_listener": True},
 }
@@ -82,63 +81,79 @@ def chain_files(broker: ProcessBroker) -> "object":
 
 
 class CredentialsBroker:
-    """A scripted MQTT endpoint (TLS or plain) that only authenticates: CONNACK 0 for USERNAME/PASSWORD,
-    4 / 0x86 (bad user name or password) for a wrong password or unknown user, 5 / 0x87 (not authorized) without a
-    user name, then closes. mosquitto 2.0.11 answers 5 / 0x87 to a wrong password too, so the bad-credentials case
-    needs this stand-in. Runs its own event loop in a thread."""
+    """A scripted MQTT endpoint (TLS, optionally only old TLS versions, or plain) that only authenticates:
+    CONNACK 0 for USERNAME/PASSWORD, 4 / 0x86 (bad user name or password) for a wrong password or unknown user,
+    5 / 0x87 (not authorized) without a user name, then closes. mosquitto 2.0.11 answers 5 / 0x87 to a wrong
+    password too, so the bad-credentials case needs this stand-in. Blocking sockets in threads, so the TLS stack
+    sends its alerts before closing."""
 
-    def __init__(self, pki: Pki | None = None, *, host: str = "127.0.0.1"):
+    def __init__(self, pki: Pki | None = None, *, host: str = "127.0.0.1", tls_maximum=None):
         self.pki = pki
         self.host = host
+        self.tls_maximum = tls_maximum  # e.g. ssl.TLSVersion.TLSv1_1: an old broker no modern client can talk to
         self.port: int | None = None
-        self._loop = None
-        self._thread = None
-        self._server = None
+        self._sock = None
+        self._ctx = None
+        self._stop = None
+        self._threads = []
 
     def start(self) -> "CredentialsBroker":
-        import asyncio
+        import socket
         import ssl
         import threading
+        import warnings
 
-        ready = threading.Event()
-        ctx = None
         if self.pki is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(self.pki.server_cert, self.pki.server_key)
-
-        async def serve():
-            self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=ctx)
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            await self._server.serve_forever()
-
-        def run():
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(serve())
-            except BaseException:  # noqa: BLE001 - cancelled at stop
-                pass
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="mh-credentials-broker")
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("credentials broker did not start")
+            if self.tls_maximum is not None:
+                ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # old versions on purpose
+                    ctx.minimum_version = ssl.TLSVersion.TLSv1
+                    ctx.maximum_version = self.tls_maximum
+            self._ctx = ctx
+        self._stop = threading.Event()
+        self._sock = socket.create_server((self.host, 0))
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        t = threading.Thread(target=self._accept_loop, daemon=True, name=f"mh-credentials-{self.port}")
+        t.start()
+        self._threads.append(t)
         return self
 
     def url(self) -> str:
         return f"{'mqtts' if self.pki else 'mqtt'}://{self.host}:{self.port}"
 
-    async def _handle(self, reader, writer) -> None:
+    def _accept_loop(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _handle(self, conn) -> None:
+        import contextlib
+        import ssl
+
         from harness.core.codec import Decoder, encode
         from harness.core.packets import Connack, Connect
 
-        decoder = Decoder()
+        conn.settimeout(10)
         try:
+            if self._ctx is not None:
+                conn = self._ctx.wrap_socket(conn, server_side=True)
+            decoder = Decoder()
             packets = []
             while not packets:
-                data = await reader.read(4096)
+                data = conn.recv(4096)
                 if not data:
                     return
                 packets = decoder.feed(data)
@@ -153,28 +168,24 @@ class CredentialsBroker:
                 code = 0
             else:
                 code = 0x86 if v5 else 4
-            writer.write(encode(Connack(reason_code=code), connect.protocol_level))
-            await writer.drain()
+            conn.sendall(encode(Connack(reason_code=code), connect.protocol_level))
             if code == 0:
-                await reader.read(4096)  # a roundtrip is not served: this endpoint checks credentials only
-        except Exception:  # noqa: BLE001 - a bad client must not stop the endpoint
+                conn.recv(4096)  # a roundtrip is not served: this endpoint checks credentials only
+        except (OSError, ssl.SSLError, ValueError):
+            pass  # a bad client (or a refused TLS version) must not stop the endpoint
+        except Exception:  # noqa: BLE001 - e.g. a ProtocolError from a client that is not MQTT
             pass
         finally:
-            writer.close()
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def stop(self) -> None:
-        import asyncio
-        import contextlib
-
-        def cancel_all() -> None:
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                self._loop.call_soon_threadsafe(cancel_all)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._stop is not None:
+            self._stop.set()
+        if self._sock is not None:
+            self._sock.close()
+        for t in self._threads:
+            t.join(timeout=5)
 
     def __enter__(self) -> "CredentialsBroker":
         return self.start()

@@ -204,7 +204,11 @@ def load_trust(ca: str | None) -> tuple[list[x509.Certificate], str]:
 
 @functools.lru_cache(maxsize=4)
 def _system_store(path: str) -> tuple[x509.Certificate, ...]:
-    return tuple(_load_pem_path(path))
+    import warnings
+
+    with warnings.catch_warnings():  # some distributed roots have serial numbers RFC 5280 forbids
+        warnings.simplefilter("ignore")
+        return tuple(_load_pem_path(path))
 
 
 def _load_pem_path(path: str) -> list[x509.Certificate]:
