@@ -400,3 +400,17 @@ async def test_connack_not_authorized(mqtt_version, endpoints, pki, password):
     error = await reference_error(url, mqtt_version, tls=TlsOptions(ca=str(pki.ca)), **creds)
     assert isinstance(error, MqttConnectError) and error.reason_code == code
     await classify(url, mqtt_version, None, None, ca=str(pki.ca), username=USERNAME, password=PASSWORD)
+
+
+@run
+async def test_sni_required(mqtt_version, endpoints, pki):
+    """An SNI-routing front end (as HiveMQ Cloud and EMQX Cloud have) turns away a client that connects by IP
+    address (no SNI) with a fatal unrecognized_name alert; sending the broker's name passes."""
+    upstream = parse_url(endpoints.url("healthy"))
+    with AlpnGate((upstream.host, upstream.port), server_names=["localhost"]) as gate:
+        result = await classify(gate.url(), mqtt_version, "tls", "sni_rejected", ca=str(pki.ca))
+        assert result.layer("tls").detail["sni"] is None and result.layer("tls").detail["alert"] == "unrecognized_name"
+        error = await reference_error(gate.url(), mqtt_version, tls=TlsOptions(ca=str(pki.ca)))
+        assert isinstance(error, TlsError) and "unrecognized name" in str(error)
+        await classify(gate.url(), mqtt_version, None, None, ca=str(pki.ca), sni="localhost")
+        await reference_connects(gate.url(), mqtt_version, tls=TlsOptions(ca=str(pki.ca), server_hostname="localhost"))

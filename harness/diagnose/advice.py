@@ -60,6 +60,11 @@ ADVICE: dict[str, tuple[list[str], list[str]]] = {
         ["the server accepts none of the ALPN protocols offered ({alpn})"],
         ["pass the protocol the broker expects with --alpn (AWS IoT on 443: x-amzn-mqtt-ca); on esp-mqtt set "
          "broker.verification.alpn_protos"]),
+    "sni_rejected": (
+        ["the server routes by SNI and does not know the name sent ({sni_sent}): cloud brokers (HiveMQ Cloud, EMQX "
+         "Cloud, AWS IoT) refuse clients that connect by IP address or send no SNI"],
+        ["connect by the broker's host name, or pass --sni with it (device: put the host name, not an IP "
+         "address, in the broker URI; esp-mqtt sends the URI host as SNI)"]),
     "tls_handshake_failed": (
         ["the server aborted the TLS handshake: no cipher suite or TLS version in common, or it requires a client "
          "certificate"],

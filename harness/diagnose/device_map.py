@@ -53,6 +53,8 @@ ESP_MQTT_MAP: dict[str, dict[str, Any]] = {
                       "stack": "MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE"},
     "tls_handshake_failed": {"type": "MQTT_ERROR_TYPE_TCP_TRANSPORT", "tls": "ESP_ERR_MBEDTLS_SSL_HANDSHAKE_FAILED",
                              "stack": "MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE"},
+    "sni_rejected": {"type": "MQTT_ERROR_TYPE_TCP_TRANSPORT", "tls": "ESP_ERR_MBEDTLS_SSL_HANDSHAKE_FAILED",
+                     "stack": "MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE", "verified_stack": False},
     # certificate problems: the handshake fails in X.509 verification with the flags of every problem found
     **{cause: {"type": "MQTT_ERROR_TYPE_TCP_TRANSPORT", "tls": "ESP_ERR_MBEDTLS_SSL_HANDSHAKE_FAILED",
                "stack": "MBEDTLS_ERR_X509_CERT_VERIFY_FAILED", "flags": "chain"}
@@ -92,6 +94,7 @@ ESPEASY_MAP: dict[str, dict[str, Any]] = {
     "tls_version_mismatch": {"alert": "received", "verified": False},
     "alpn_mismatch": {"alert": "received", "verified": False},
     "tls_handshake_failed": {"alert": "received"},
+    "sni_rejected": {"alert": "received", "verified": False},
     "plain_port": {"code": None, "verified": False, "note": "a BearSSL engine error; which one is not confirmed"},
     "not_tls": {"code": None, "verified": False, "note": "a BearSSL engine error; which one is not confirmed"},
     "tls_closed": {"code": None, "verified": False, "note": "a BearSSL engine error; which one is not confirmed"},

@@ -290,6 +290,7 @@ async def _tls(st: _State) -> LayerResult:
     ms = _ms(start)
     detail: dict[str, Any] = {"sni": None if _is_ip(sni) else sni, "alpn_offered": list(st.options.alpn) or None,
                               "client_certificate_requested": rec.certificate_request}
+    st.context["sni_sent"] = detail["sni"] or "none: the URL host is an IP address"
     if error is None:
         st.stream = SocketStream(protocol, st.url, st.options.timeout, bool(st.options.cert))
         obj = st.ssl_object = st.stream.ssl_object
@@ -324,6 +325,8 @@ async def _tls(st: _State) -> LayerResult:
         cause = "tls_version_mismatch"
     elif alert == 120:
         cause = "alpn_mismatch"
+    elif alert == 112:
+        cause = "sni_rejected"
     elif reason in ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
         cause = "not_tls"
     elif rec.bytes_read == 0:
