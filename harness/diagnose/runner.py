@@ -459,7 +459,8 @@ async def _client_certificate(st: _State) -> LayerResult:
     if st.url.ws:
         first = asyncio.ensure_future(_ws_upgrade(st))
     else:
-        _send_connect(st)
+        with contextlib.suppress(ConnectionClosed, Timeout):  # the read below sees the close
+            await _send_connect(st)
         first = st.read_task = asyncio.ensure_future(st.stream.read(timeout=st.options.timeout))
     waiter = asyncio.ensure_future(ticket.wait())
     try:
@@ -504,7 +505,7 @@ def _client_id(st: _State) -> str:
     return st.context["client_id"]
 
 
-def _send_connect(st: _State) -> None:
+async def _send_connect(st: _State) -> None:
     if st.connect_sent_at is not None:
         return
     version = parse_version(st.options.version)
@@ -512,14 +513,16 @@ def _send_connect(st: _State) -> None:
     password = o.password.encode() if isinstance(o.password, str) else o.password
     packet = Connect(client_id=_client_id(st), clean=True, keepalive=30, username=o.username, password=password,
                      protocol_level=version)
-    _quick_ack(st)
     st.stream.write(encode(packet, version))
     st.connect_sent_at = time.perf_counter()
+    await st.stream.drain(timeout=st.options.timeout)
+    _quick_ack(st)
 
 
 def _quick_ack(st: _State) -> None:
-    # ACK what the server sent (TLS 1.3 session tickets) at once: with a delayed ACK, a Nagle-ing broker holds
-    # back its CONNACK ~40 ms, which would show up as MQTT latency that is not the broker's.
+    # Called once CONNECT is on the wire (sending data puts Linux in delayed-ACK mode): ACK what comes next at
+    # once. mosquitto sends its second TLS 1.3 session ticket after our CONNECT and, with Nagle on, holds its
+    # CONNACK until that ticket is ACKed: ~40 ms of delayed ACK that would show as MQTT latency (tcpdump).
     sock = st.stream.socket if st.stream is not None else None
     if sock is not None and hasattr(socket, "TCP_QUICKACK"):
         with contextlib.suppress(OSError):
@@ -575,7 +578,10 @@ async def _mqtt(st: _State) -> LayerResult:
             return LayerResult("mqtt", False, _ms(start), detail, f"WebSocket upgrade failed: {detail['error']}",
                                cause="websocket_rejected")
         detail["websocket"] = {"path": st.url.path, "subprotocol": getattr(st.stream, "subprotocol", None)}
-    _send_connect(st)
+    try:
+        await _send_connect(st)
+    except (ConnectionClosed, Timeout):
+        pass  # the read below says what happened
     deadline = time.monotonic() + st.options.timeout
     try:
         packet = await _next_packet(st, deadline)
