@@ -74,8 +74,8 @@ def parse_clock(text: str) -> dt.datetime:
         raise ValueError(f"--clock {text!r} is not an ISO 8601 date-time; write e.g. 2000-01-01T00:00:00Z, "
                          "2030-06-01T12:00:00+02:00 or 2000-01-01") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
 
 
 def build_options(args):

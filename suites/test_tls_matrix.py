@@ -30,7 +30,12 @@ from harness.client import Client
 from harness.diagnose import Options, StubResolver, diagnose
 from harness.diagnose.alpn_gate import AlpnGate
 from harness.diagnose.certs import make_chain
-from harness.diagnose.endpoints import PASSWORD, USERNAME, CredentialsBroker, start_variant
+from harness.diagnose.endpoints import (
+    PASSWORD,
+    USERNAME,
+    CredentialsBroker,
+    start_variant,
+)
 from harness.diagnose.slow_listener import SlowListener
 from harness.errors import ConnectError, DnsError, MqttConnectError, TcpError, TlsError
 from harness.transport import TlsOptions

@@ -88,7 +88,7 @@ class AlpnGate:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> "AlpnGate":
+    def start(self) -> AlpnGate:
         self._sock = socket.create_server((self.host, 0))
         self._sock.settimeout(0.1)
         self.port = self._sock.getsockname()[1]
@@ -152,7 +152,7 @@ class AlpnGate:
         for t in self._threads:
             t.join(timeout=5)
 
-    def __enter__(self) -> "AlpnGate":
+    def __enter__(self) -> AlpnGate:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -8,6 +8,7 @@ Authority Information Access extension, as public CAs' leaves do (never fetched:
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    NameOID,
+)
 
 from harness.pki import SERVER_NAMES
 
@@ -58,13 +63,11 @@ def make_chain(directory: str | os.PathLike) -> Chain:
                   d / "server-fullchain.pem", d / "server-chain.key")
     if all(p.exists() for p in (chain.root, chain.intermediate, chain.leaf, chain.fullchain, chain.key)):
         return chain
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     root_key, int_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     root_name, int_name = _name("mqtt-harness chain root CA"), _name("mqtt-harness intermediate CA")
     root = _ca(root_name, root_key, root_name, root_key, now, None)
     inter = _ca(int_name, int_key, root_name, root_key, now, 0)
-    import ipaddress
-
     alt = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() or ":" in n else x509.DNSName(n)
            for n in SERVER_NAMES]
     leaf = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(int_name)

@@ -75,7 +75,7 @@ def start_variant(name: str, pki: Pki, workdir: str | Path | None = None, timeou
     return broker
 
 
-def chain_files(broker: ProcessBroker) -> "object":
+def chain_files(broker: ProcessBroker) -> object:
     """The intermediate chain a missing_intermediate/fullchain variant serves (its root is what to trust)."""
     return make_chain(Path(broker.definition.directory) / "chain")
 
@@ -97,7 +97,7 @@ class CredentialsBroker:
         self._stop = None
         self._threads = []
 
-    def start(self) -> "CredentialsBroker":
+    def start(self) -> CredentialsBroker:
         import socket
         import ssl
         import threading
@@ -187,7 +187,7 @@ class CredentialsBroker:
         for t in self._threads:
             t.join(timeout=5)
 
-    def __enter__(self) -> "CredentialsBroker":
+    def __enter__(self) -> CredentialsBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:

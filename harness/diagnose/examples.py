@@ -25,7 +25,12 @@ from pathlib import Path
 
 from harness.diagnose.alpn_gate import AlpnGate
 from harness.diagnose.certs import make_chain
-from harness.diagnose.endpoints import PASSWORD, USERNAME, CredentialsBroker, start_variant
+from harness.diagnose.endpoints import (
+    PASSWORD,
+    USERNAME,
+    CredentialsBroker,
+    start_variant,
+)
 from harness.diagnose.resolver import StubResolver
 from harness.diagnose.slow_listener import SlowListener
 from harness.pki import generate_pki

@@ -66,7 +66,7 @@ class SlowListener:
         self._armed = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "SlowListener":
+    def start(self) -> SlowListener:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
@@ -90,7 +90,7 @@ class SlowListener:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def __enter__(self) -> "SlowListener":
+    def __enter__(self) -> SlowListener:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 # TLS alert descriptions (RFC 8446 §6, RFC 5246 §7.2)
@@ -42,6 +44,7 @@ CLIENT_CERT_ALERTS = {42, 43, 44, 45, 46, 48, 49, 116}
 ALERT_REASONS = {f"{prefix}_ALERT_{name.upper()}": code for code, name in ALERTS.items()
                  for prefix in ("SSLV3", "TLSV1", "TLSV13")}
 
+_DER = Encoding.DER
 _HANDSHAKE, _ALERT = 22, 21
 _CERTIFICATE, _CERTIFICATE_REQUEST, _NEW_SESSION_TICKET, _SERVER_HELLO = 11, 13, 4, 2
 
@@ -181,11 +184,6 @@ def cert_info(cert: x509.Certificate) -> dict[str, Any]:
         "self_signed": is_self_signed(cert),
         "sha256": hashlib.sha256(cert.public_bytes(_DER)).hexdigest(),
     }
-
-
-from cryptography.hazmat.primitives.serialization import Encoding as _Encoding  # noqa: E402
-
-_DER = _Encoding.DER
 
 
 def load_trust(ca: str | None) -> tuple[list[x509.Certificate], str]:
@@ -382,6 +380,4 @@ def check_chain(chain_der: list[bytes], host: str, anchors: list[x509.Certificat
 
 
 def _sha256():
-    from cryptography.hazmat.primitives import hashes
-
     return hashes.SHA256()
