@@ -280,11 +280,18 @@ async def test_missing_intermediate(mqtt_version, endpoints, pki):
 
 # ----------------------------------------------------------------------------------- client certificates
 
+TLS_VERSIONS = pytest.mark.parametrize("tls_version", [None, "1.2"], ids=["tls-default", "tls12"])
+
+
 @pytest.mark.spec("§5.4.1")
+@TLS_VERSIONS
 @run
-async def test_client_certificate_required_but_missing(mqtt_version, endpoints, pki):
+async def test_client_certificate_required_but_missing(mqtt_version, endpoints, pki, tls_version):
+    """With TLS 1.3 the server judges the client certificate after the client's handshake (diagnose waits for its
+    verdict); with TLS 1.2 (diagnose --tls-version 1.2) inside the handshake, with an alert."""
     url = endpoints.url("healthy", MQTTS_MTLS)
-    result = await classify(url, mqtt_version, "client_certificate", "client_cert_required", ca=str(pki.ca))
+    result = await classify(url, mqtt_version, "client_certificate", "client_cert_required", ca=str(pki.ca),
+                            tls_version=tls_version)
     assert result.layer("client_certificate").detail == {**result.layer("client_certificate").detail,
                                                          "requested": True, "sent": False}
     assert esp_tls_name(result) == "ESP_ERR_MBEDTLS_SSL_HANDSHAKE_FAILED"
@@ -293,11 +300,13 @@ async def test_client_certificate_required_but_missing(mqtt_version, endpoints, 
 
 
 @pytest.mark.spec("§5.4.1")
+@TLS_VERSIONS
 @run
-async def test_untrusted_client_certificate(mqtt_version, endpoints, pki):
+async def test_untrusted_client_certificate(mqtt_version, endpoints, pki, tls_version):
     url = endpoints.url("healthy", MQTTS_MTLS)
     tls = {"cert": str(pki.client_untrusted_cert), "key": str(pki.client_untrusted_key)}
-    result = await classify(url, mqtt_version, "client_certificate", "client_cert_rejected", ca=str(pki.ca), **tls)
+    result = await classify(url, mqtt_version, "client_certificate", "client_cert_rejected", ca=str(pki.ca),
+                            tls_version=tls_version, **tls)
     assert result.layer("client_certificate").detail["sent"] is True
     assert esp_tls_name(result) == "ESP_ERR_MBEDTLS_SSL_HANDSHAKE_FAILED"
     error = await reference_error(url, mqtt_version, tls=TlsOptions(ca=str(pki.ca), **tls))

@@ -155,9 +155,12 @@ def test_chain_checks_name_each_problem_and_the_device_flags(ca):
     assert (check.cause, check.flags, check.trusted) == ("unknown_ca", tls_inspect.FLAG_NOT_TRUSTED, False)
 
 
-def test_every_cause_has_advice_and_both_device_views():
+def test_every_cause_has_a_layer_advice_and_both_device_views():
+    from harness.diagnose.layers import CAUSE_LAYERS
+
     produced = set(device_map.ESP_MQTT_MAP)
-    assert produced <= set(advice.ADVICE)
+    assert produced == set(CAUSE_LAYERS) == set(advice.ADVICE)
+    assert set(CAUSE_LAYERS.values()) == set(LAYERS)
     for cause in produced:
         causes, fixes = advice.advise(cause, {})
         assert causes and fixes, cause

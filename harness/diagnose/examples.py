@@ -179,11 +179,41 @@ def cases(lab: Lab):
            [slow.url(), "--ca", "ca.pem", "--device", "espeasy", "--device-timeout", "100", "--json"])
 
 
+SAMPLE = {"host": "HOST", "address": "HOST:PORT", "plain_scheme": "mqtt", "tls_scheme": "mqtts",
+          "suggested_timeout": "3 x the measured connect time", "sni": "HOST", "alpn": "the offered protocols",
+          "ca": "--ca", "topic": "the topic", "connack_name": "its reason", "device": "the device"}
+
+
+def cause_table() -> str:
+    """Every cause diagnose names: its layer, what each device reports, and the first fix (from the tables)."""
+    from harness.diagnose import advice, device_map
+    from harness.diagnose.layers import CAUSE_LAYERS, EXIT_CODES
+
+    rows = ["| cause | layer (exit) | esp-mqtt reports | ESPEasy logs | first fix |", "|---|---|---|---|---|"]
+    for cause, layer in CAUSE_LAYERS.items():
+        flags = 0x08 if cause in ("unknown_ca", "self_signed", "missing_intermediate", "no_certificate") else {
+            "expired": 0x01, "not_yet_valid": 0x200, "clock_skew": 0x200, "hostname_mismatch": 0x04}.get(cause, 0)
+        connack = {"bad_credentials": 4, "not_authorized": 5}.get(cause)
+        esp = device_map.esp_mqtt_report(cause, flags=flags, connack_code=connack)
+        espeasy = device_map.espeasy_report(cause)
+        unconfirmed = " (unconfirmed)" if any("not confirmed" in n for n in esp.get("notes", [])) else ""
+        easy = espeasy["summary"].replace("MQTT : TLS error code: ", "")
+        if any("not confirmed" in n for n in espeasy.get("notes", [])):
+            easy += " (unconfirmed)"
+        fix = advice.advise(cause, SAMPLE)[1][0].replace("|", "/")
+        rows.append(f"| `{cause}` | {layer} ({EXIT_CODES[layer]}) | {esp['summary'].replace('|', ' / ')}{unconfirmed} "
+                    f"| {easy} | {fix} |")
+    return "\n".join(rows)
+
+
 def generate(work: Path) -> str:
     lab = Lab(work)
     old_cwd = os.getcwd()
     os.chdir(work)
-    parts = []
+    parts = ["## Every cause\n\nFrom the tables in `harness/diagnose/device_map.py` and `advice.py` (upper-case words are filled in "
+             "from the actual run). TLS alerts show in ESPEasy as 256 + the alert number, e.g. 368 for "
+             "unrecognized_name.\n\n" + cause_table() + "\n\n## Every case, as diagnose prints it\n\nEach "
+             "endpoint below ran on this machine; ports differ from run to run.\n"]
     try:
         for title, explanation, argv in cases(lab):
             lab.rearm()

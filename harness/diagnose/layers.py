@@ -84,3 +84,19 @@ class Diagnosis:
             "notes": list(self.notes),
             "exit_code": self.exit_code,
         }
+
+# The layer each failure cause belongs to (the cause ids of LayerResult.cause).
+CAUSE_LAYERS = {
+    "dns_failure": "dns",
+    "tcp_refused": "tcp", "tcp_timeout": "tcp", "tcp_unreachable": "tcp", "device_connect_timeout": "tcp",
+    "plain_port": "tls", "not_tls": "tls", "tls_closed": "tls", "tls_timeout": "tls", "tls_version_mismatch": "tls",
+    "alpn_mismatch": "tls", "sni_rejected": "tls", "tls_handshake_failed": "tls",
+    "unknown_ca": "certificate", "self_signed": "certificate", "missing_intermediate": "certificate",
+    "no_certificate": "certificate", "expired": "certificate", "not_yet_valid": "certificate",
+    "clock_skew": "certificate", "hostname_mismatch": "certificate",
+    "client_cert_required": "client_certificate", "client_cert_rejected": "client_certificate",
+    "bad_credentials": "mqtt", "not_authorized": "mqtt", "connack_refused": "mqtt", "no_connack": "mqtt",
+    "closed_before_connack": "mqtt", "tls_port": "mqtt", "not_mqtt": "mqtt", "websocket_rejected": "mqtt",
+    "subscribe_refused": "roundtrip", "publish_refused": "roundtrip", "no_message": "roundtrip",
+    "roundtrip_failed": "roundtrip",
+}

@@ -203,6 +203,10 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
             if not data:
                 break
             dst.sendall(data)
+            # ACK at once, as the client itself does (see runner._quick_ack): a relay that delays its ACKs would
+            # add mosquitto's ~40 ms Nagle stall that the client avoids.
+            with contextlib.suppress(OSError, AttributeError):
+                src.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
     except OSError:
         pass
     finally:
