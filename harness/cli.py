@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> module that provides add_parser(subparsers); imported lazily so `pub` stays fast.
@@ -20,6 +21,12 @@ COMMANDS = {
 }
 
 
+# One convention for every command (README "Exit codes")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = ("exit codes: 0 all passed / done, 1 tests or the operation failed, 2 usage error, "
+              "3 broker or device unreachable or set-up failed, 130 interrupted (Ctrl-C)")
+
+
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 1 (or .code)."""
 
@@ -29,7 +36,15 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mqtt-harness", description="MQTT conformance test harness")
+    from importlib.metadata import PackageNotFoundError, version
+
+    parser = argparse.ArgumentParser(prog="mqtt-harness", description="MQTT conformance test harness",
+                                     epilog=EXIT_CODES)
+    try:
+        shown = version("mqtt-harness")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        shown = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"mqtt-harness {shown}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     seen = set()
     for module_name in dict.fromkeys(COMMANDS.values()):
@@ -58,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         print(f"mqtt-harness {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `| head` closed our stdout: stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`mqtt-harness pub` and `mqtt-harness sub`: the reference client on the command line.
 
-Exit codes: 0 success; 1 connection, TLS or protocol failure; 2 usage error; 3 timed out
-(no CONNACK, no ack, or fewer messages than -C within --timeout). Failures print one line.
+Exit codes (the same for every mqtt-harness command): 0 success; 1 failure (TLS, a refused CONNECT or
+SUBSCRIBE, a protocol error, no ack or fewer messages than -C within --timeout); 2 usage error (checked before
+anything is sent); 3 broker unreachable (DNS, TCP, no CONNACK in time). Failures print one line.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import sys
 
 from harness.cli import CliError
 from harness.core.packets import Will
-from harness.errors import ConnectError, ConnectionClosed, HarnessError, Timeout
+from harness.errors import ConnectError, ConnectionClosed, DnsError, HarnessError, TcpError, Timeout, UrlError
 
-EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_TIMEOUT = EXIT_ERROR  # an ack or a message that did not come in time: the operation failed
+EPILOG = "exit codes: 0 success, 1 failure, 2 usage error, 3 broker unreachable"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -22,19 +25,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="broker URL: mqtt://[user:pass@]host[:port], mqtts://, ws://host:port/path, wss:// "
                         "(default: %(default)s)")
     p.add_argument("-t", "--topic", action="append", required=True, help="topic (sub: filter; repeatable)")
-    p.add_argument("-q", "--qos", type=int, choices=(0, 1, 2), default=0)
-    p.add_argument("--mqtt-version", choices=("3.1", "3.1.1", "5"), default="3.1.1")
+    p.add_argument("-q", "--qos", type=int, choices=(0, 1, 2), default=0,
+                   help="QoS of the publish (sub: the maximum QoS asked for) (default: %(default)s)")
+    p.add_argument("--mqtt-version", choices=("3.1", "3.1.1", "5"), default="3.1.1",
+                   help="protocol version to speak (default: %(default)s)")
     p.add_argument("-i", "--client-id", help="client identifier (default: generated)")
     p.add_argument("--clean", dest="clean", action="store_true", default=True,
                    help="clean session / clean start (default)")
     p.add_argument("--no-clean", dest="clean", action="store_false", help="resume a persistent session")
     p.add_argument("-k", "--keepalive", type=int, default=60, help="keepalive in seconds (default: %(default)s)")
-    p.add_argument("--will-topic")
-    p.add_argument("--will-message", "--will-payload", dest="will_message", default="")
-    p.add_argument("--will-qos", type=int, choices=(0, 1, 2), default=0)
-    p.add_argument("--will-retain", action="store_true")
-    p.add_argument("-u", "--username")
-    p.add_argument("-P", "--password")
+    p.add_argument("--will-topic", help="topic of the will message the broker publishes if we vanish")
+    p.add_argument("--will-message", "--will-payload", dest="will_message", default="",
+                   help="payload of the will (UTF-8; default: empty)")
+    p.add_argument("--will-qos", type=int, choices=(0, 1, 2), default=0, help="QoS of the will (default: 0)")
+    p.add_argument("--will-retain", action="store_true", help="publish the will as a retained message")
+    p.add_argument("-u", "--username", help="user name for CONNECT (or in the URL: mqtt://user:pass@host)")
+    p.add_argument("-P", "--password", help="password for CONNECT")
     p.add_argument("--ca", help="CA certificate file to verify the server (default: system store)")
     p.add_argument("--cert", help="client certificate (mutual TLS)")
     p.add_argument("--key", help="client private key (mutual TLS)")
@@ -50,21 +56,61 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    pub = sub.add_parser("pub", help="publish a message", description="Publish a message with the reference client.")
+    pub = sub.add_parser("pub", help="publish a message", epilog=EPILOG,
+                         description="Publish a message with the reference client. Everything is checked before "
+                                     "anything is sent: the topic name (no wildcards), keepalive, timeout, URL.")
     _common(pub)
     src = pub.add_mutually_exclusive_group()
     src.add_argument("-m", "--message", default=None, help="payload (UTF-8)")
     src.add_argument("-n", "--null-message", action="store_true", help="zero-length payload (clears a retained message)")
     src.add_argument("-f", "--file", help="payload from a file")
-    pub.add_argument("-r", "--retain", action="store_true")
+    pub.add_argument("-r", "--retain", action="store_true", help="ask the broker to retain the message")
     pub.set_defaults(func=run_pub)
 
-    s = sub.add_parser("sub", help="subscribe and print messages",
-                       description="Subscribe with the reference client and print messages.")
+    s = sub.add_parser("sub", help="subscribe and print messages", epilog=EPILOG,
+                       description="Subscribe with the reference client and print messages. Topic filters are "
+                                   "checked before anything is sent ('+' a whole level, '#' the whole last one).")
     _common(s)
     s.add_argument("-v", "--verbose", action="store_true", help="print 'topic payload' instead of the payload")
     s.add_argument("--retained-only", action="store_true", help="print only messages with the retain flag")
     s.set_defaults(func=run_sub)
+
+
+def _usage(flag: str, problem: str) -> CliError:
+    return CliError(f"{flag}: {problem}", EXIT_USAGE)
+
+
+def validate(args, command: str) -> None:
+    """Everything the user typed, checked before a byte is sent; errors name the flag and the rule."""
+    from harness.topics import check_topic_filter, check_topic_name
+    from harness.url import parse_url
+
+    try:
+        parse_url(args.url)
+    except UrlError as exc:
+        raise _usage("--url", str(exc).removeprefix("url: ")) from None
+    check = check_topic_name if command == "pub" else check_topic_filter
+    for topic in args.topic:
+        try:
+            check(topic)
+        except ValueError as exc:
+            hint = " (pub takes a topic name; wildcards are for sub)" if command == "pub" and (
+                "+" in topic or "#" in topic) else ""
+            raise _usage(f"-t {topic!r}", f"{exc}{hint}") from None
+    if not 0 <= args.keepalive <= 65535:
+        raise _usage(f"-k/--keepalive {args.keepalive}", "keepalive is a 16-bit number of seconds, 0 (off) to 65535 "
+                                                         "(§3.1.2.10)")
+    if args.timeout is not None and not args.timeout > 0:
+        raise _usage(f"--timeout {args.timeout:g}", "give a number of seconds above 0")
+    if args.count is not None and args.count < 1:
+        raise _usage(f"-C/--count {args.count}", "give 1 or more")
+    if args.will_topic is not None:
+        try:
+            check_topic_name(args.will_topic)
+        except ValueError as exc:
+            raise _usage(f"--will-topic {args.will_topic!r}", str(exc)) from None
+    if args.client_id is not None and len(args.client_id.encode()) > 65535:
+        raise _usage("-i/--client-id", "longer than 65535 bytes of UTF-8 [MQTT-1.5.3-1]")
 
 
 def _client_kwargs(args) -> dict:
@@ -114,13 +160,16 @@ async def _connect(args, timeout: float):
 def _run(coro) -> int:
     try:
         return asyncio.run(coro)
+    except (DnsError, TcpError) as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
     except Timeout as exc:
-        raise CliError(str(exc), EXIT_TIMEOUT) from None
+        raise CliError(str(exc), EXIT_UNREACHABLE if "CONNACK" in str(exc) else EXIT_TIMEOUT) from None
     except (ConnectError, ConnectionClosed, HarnessError, ValueError) as exc:
         raise CliError(str(exc), EXIT_ERROR) from None
 
 
 def run_pub(args) -> int:
+    validate(args, "pub")
     if args.file:
         try:
             with open(args.file, "rb") as fh:
@@ -157,6 +206,7 @@ def run_pub(args) -> int:
 
 
 def run_sub(args) -> int:
+    validate(args, "sub")
     connect_timeout = 10.0 if args.timeout is None else args.timeout
 
     async def main() -> int:

@@ -13,6 +13,7 @@ import datetime as dt
 import importlib.util
 import os
 import shlex
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run", help="run the conformance suites against brokers and write reports",
         description="Run the conformance suites (pytest + the mqtt-harness plugin) and write report.json, "
-                    "report.html and junit.xml. Exit status 1 if any test failed or errored.")
+                    "report.html and junit.xml.",
+        epilog="exit codes: 0 all passed, 1 tests failed, 2 usage error (or no test matched), 3 set-up failed, "
+               "130 interrupted")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="suite files or folders (default: every suite), e.g. suites/test_smoke.py")
     p.add_argument("--broker", action="append", default=[], metavar="NAME|URL",
@@ -48,22 +51,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", metavar="N", help="parallel workers (pytest-xdist): a number or 'auto'; each worker "
                                            "starts its own brokers")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
-    p.add_argument("--mqtt-version", choices=("3.1.1", "5", "all"), default="all")
+    p.add_argument("--list", action="store_true", help="list the test ids that would run (with -k/-m/PATH "
+                                                       "applied), one per line, and exit")
+    p.add_argument("--mqtt-version", choices=("3.1.1", "5", "all"), default="all",
+                   help="run each test at this MQTT version, or at both (default: %(default)s)")
+    p.add_argument("--broken", metavar="NAME", help="broken-broker mode: put a proxy that breaks one rule set "
+                   "(e.g. qos2-delivered-twice, will-dropped) in front of every broker, to see the suites catch it "
+                   "(suites/README.md)")
     p.add_argument("--report-dir", type=Path, metavar="DIR",
                    help="where the reports go (default: reports/<UTC timestamp> under the current directory)")
     p.add_argument("--suites", type=Path, metavar="DIR", help=f"suites folder (default: ${SUITES_ENV}, the "
                                                                "checkout's suites/, or ./suites)")
     tls = p.add_argument_group("URL brokers (TLS and credentials)")
-    tls.add_argument("--ca", metavar="PEM")
-    tls.add_argument("--cert", metavar="PEM")
-    tls.add_argument("--key", metavar="PEM")
-    tls.add_argument("--username")
-    tls.add_argument("--password")
+    tls.add_argument("--ca", metavar="PEM", help="CA certificate that signed the URL broker's certificate")
+    tls.add_argument("--cert", metavar="PEM", help="client certificate for mutual TLS")
+    tls.add_argument("--key", metavar="PEM", help="client private key for mutual TLS")
+    tls.add_argument("--username", help="user name the clients send in CONNECT")
+    tls.add_argument("--password", help="password the clients send in CONNECT")
     tls.add_argument("--mtls-url", metavar="URL", help="listener that requires client certificates")
     tls.add_argument("--known-limits", type=Path, metavar="YAML",
                      help="known limits of brokers: {broker: {test or statement ID: reason}} (strict xfail)")
     timing = p.add_argument_group("timing")
-    timing.add_argument("--keepalive-seconds", type=int, metavar="N")
+    timing.add_argument("--keepalive-seconds", type=int, metavar="N", help="keepalive the keepalive tests use")
     timing.add_argument("--mqtt-timeout", type=float, metavar="SECONDS", help="time limit of each test")
     timing.add_argument("--wait-timeout", type=float, metavar="SECONDS", help="default wait for a packet")
     p.add_argument("--pytest", metavar="ARGS", default="", help="more pytest arguments, quoted: --pytest '--lf -v'")
@@ -100,11 +109,58 @@ def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
     if args.exitfirst:
         argv.append("-x")
     for name in ("ca", "cert", "key", "username", "password", "mtls_url", "known_limits", "keepalive_seconds",
-                 "mqtt_timeout", "wait_timeout", "dut_baud", "dut_reset", "dut_host"):
+                 "mqtt_timeout", "wait_timeout", "dut_baud", "dut_reset", "dut_host", "broken"):
         value = getattr(args, name)
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     return argv + shlex.split(args.pytest)
+
+
+def list_tests(args: argparse.Namespace) -> int:
+    """The test ids pytest would run, without running anything (brokers are not started)."""
+    import pytest
+
+    argv = [a for a in pytest_args(args, Path(os.devnull)) if a not in ("--mqtt-progress",)]
+    drop = {"-p": "no:terminal", "--report-dir": os.devnull, "-n": args.n}
+    kept, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in drop and i + 1 < len(argv) and argv[i + 1] == drop[arg]:
+            skip = True
+            continue
+        kept.append(arg)
+
+    class Ids:
+        def __init__(self):
+            self.ids: list[str] = []
+
+        def pytest_collection_finish(self, session):
+            self.ids = [item.nodeid for item in session.items]
+
+    ids = Ids()
+    code = pytest.main([*kept, "--collect-only", "-p", "no:terminal"], plugins=[ids])
+    if code not in (0, pytest.ExitCode.NO_TESTS_COLLECTED):
+        return _exit_code(int(code), args)
+    for nodeid in ids.ids:
+        print(nodeid)
+    if not ids.ids:
+        return _exit_code(int(pytest.ExitCode.NO_TESTS_COLLECTED), args)
+    print(f"{len(ids.ids)} tests", file=sys.stderr)
+    return 0
+
+
+def check_writable(report_dir: Path) -> None:
+    """Fail before any test runs when the reports could not be written at the end."""
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        probe = report_dir / ".write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(f"--report-dir {report_dir}: cannot write reports there ({exc.strerror or exc}); "
+                       "give a folder you can write to", 2) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -115,8 +171,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         specs = [parse_broker(b) for b in args.broker] or [default_broker()]
     except BrokerSpecError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), 2) from None
+    if args.list:
+        return list_tests(args)
     report_dir = args.report_dir or Path("reports") / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    check_writable(report_dir)
     argv = pytest_args(args, report_dir)
     for spec in specs:
         why = f" ({spec.chosen_because})" if spec.chosen_because else ""
@@ -124,7 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for dut in args.dut:
         print(f"device under test: {dut}")
     print(f"pytest {' '.join(shlex.quote(a) for a in argv)}\n", flush=True)
-    code = int(pytest.main(argv))
+    code = _exit_code(int(pytest.main(argv)), args)
+    if code == 2:
+        return code  # nothing ran: no summary of nothing
     try:
         report = load(report_dir / FILES["json"])
     except ReportError:
@@ -138,6 +199,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.failed:
         return code or 1
     return code
+
+
+def _exit_code(pytest_code: int, args: argparse.Namespace) -> int:
+    """pytest's exit codes in the harness convention: 0 passed, 1 failed, 2 usage, 3 set-up failed, 130 Ctrl-C."""
+    import pytest
+
+    if pytest_code == pytest.ExitCode.INTERRUPTED:
+        print("mqtt-harness run: interrupted; brokers and devices this run started are stopped", flush=True)
+        return 130
+    if pytest_code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        what = " and ".join(f"{flag} {value!r}" for flag, value in (("-k", args.k), ("-m", args.m)) if value)
+        print(f"mqtt-harness run: no test matches {what or 'the paths given'}; see `mqtt-harness run --list`",
+              flush=True)
+        return 2
+    if pytest_code == pytest.ExitCode.USAGE_ERROR:
+        return 2
+    if pytest_code == pytest.ExitCode.INTERNAL_ERROR:
+        return 3
+    return pytest_code
 
 
 def summary_table(report: Report) -> str:

@@ -141,7 +141,7 @@ class Client:
                 # Closed or reset right after the handshake, before a single byte: with TLS 1.3 that is how a
                 # rejected (or missing) client certificate shows when the server's alert is lost to a reset.
                 cause = ("the server most likely rejected the client certificate" if self.tls and self.tls.cert
-                         else "if the listener requires a client certificate, pass cert/key")
+                         else "if the listener requires a client certificate, pass --cert FILE --key FILE (cert=/key= from Python)")
                 raise TlsError(f"connection closed right after the TLS handshake, before CONNACK ({exc}); {cause}",
                                self.url.display()) from None
             raise MqttConnectError(f"broker closed the connection before CONNACK ({exc})",

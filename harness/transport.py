@@ -59,7 +59,7 @@ Resolver = Callable[[str, int], Awaitable[list[tuple[int, tuple]]]]
 WS_SUBPROTOCOL = "mqtt"
 _READ_HIGH_WATER = 1 << 20  # stop reading the socket while this many received bytes wait for read()
 _RAW_READ = 1 << 18
-_CLIENT_CERT_HINT = "if the listener requires a client certificate, pass cert/key"
+_CLIENT_CERT_HINT = "if the listener requires a client certificate, pass --cert FILE --key FILE (cert=/key= from Python)"
 
 
 class TlsConnectionClosed(TlsError, ConnectionClosed):
@@ -104,7 +104,7 @@ def make_ssl_context(opts: TlsOptions) -> ssl.SSLContext:
     if opts.insecure_no_verify:
         ctx.verify_mode = ssl.CERT_NONE
     if opts.key is not None and opts.cert is None:
-        raise TlsError(f"client key {opts.key} given without a certificate; pass cert= as well")
+        raise TlsError(f"client key {opts.key} given without a certificate; pass --cert FILE as well (cert= from Python)")
     if opts.cert is not None:
         for path, what in ((opts.cert, "client certificate"), (opts.key, "client key")):
             if path is not None and not os.path.isfile(path):
@@ -733,21 +733,22 @@ def _handshake_error(exc: BaseException, url: BrokerUrl, tls: TlsOptions | None)
 _VERIFY_HINTS = {
     9: "the certificate is not valid yet; check this machine's clock",
     10: "renew the broker certificate, or check this machine's clock",
-    18: "the broker uses a self-signed certificate; pass it as ca= to trust it",
-    19: "pass the CA that signed the broker certificate as ca=",
-    20: "pass the CA that signed the broker certificate as ca=",
-    21: "pass the CA that signed the broker certificate as ca=",
+    18: "the broker uses a self-signed certificate; trust it with --ca FILE (ca= from Python)",
+    19: "pass the CA that signed the broker certificate with --ca FILE (ca= from Python)",
+    20: "pass the CA that signed the broker certificate with --ca FILE (ca= from Python)",
+    21: "pass the CA that signed the broker certificate with --ca FILE (ca= from Python)",
 }
 
 
 def _verify_failure(exc: ssl.SSLCertVerificationError, tls: TlsOptions) -> str:
     message = (exc.verify_message or _ssl_reason(exc)).rstrip(".")
     if exc.verify_code in (62, 64):  # hostname / IP address mismatch; the message names what we checked
-        hint = "connect using a name the certificate lists, set server_hostname, or set insecure_skip_hostname_check"
+        hint = ("connect using a name the certificate lists, name it with --sni NAME, or skip the name check with "
+                "--insecure (server_hostname= / insecure_skip_hostname_check= from Python)")
     else:
         hint = _VERIFY_HINTS.get(exc.verify_code, "check the broker certificate chain")
         if exc.verify_code in (19, 20, 21) and tls.ca:
-            hint = f"the CA in {tls.ca} did not sign the broker certificate; pass the right CA as ca="
+            hint = f"the CA in {tls.ca} did not sign the broker certificate; pass the right CA with --ca FILE (ca= from Python)"
     return f"certificate verification failed: {message}; {hint}"
 
 
@@ -774,7 +775,7 @@ def _tls_failure(exc: ssl.SSLError, client_cert: bool, tls: TlsOptions | None = 
                 f"server rejected the client certificate ({said}); check that the listener trusts its CA "
                 "and that it has not expired"
             )
-        return f"server rejected the connection: it requires a client certificate ({said}); pass cert/key"
+        return f"server rejected the connection: it requires a client certificate ({said}); pass --cert FILE --key FILE (cert=/key= from Python)"
     if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
         return (
             f"server aborted the TLS handshake ({said}); {_CLIENT_CERT_HINT}; "

@@ -69,6 +69,10 @@ def parse_url(url: str) -> BrokerUrl:
     if not isinstance(url, str) or not url.strip():
         raise UrlError("empty broker URL; write e.g. mqtt://localhost:1883")
     url = url.strip()
+    bent = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):/*(.*)$", url)
+    if "://" not in url and bent and bent[1].lower() in DEFAULT_PORTS:  # mqtt:/x, mqtt:x, mqtt:///x
+        raise UrlError(f"{_hide_password(url)!r}: the scheme needs '://' after it; write "
+                       f"{bent[1].lower()}://{bent[2].lstrip('/') or 'localhost'}")
     if "://" not in url:
         raise UrlError(f"{url!r} has no scheme; write e.g. mqtt://{url} (supported: {_supported()})")
     scheme = url.split("://", 1)[0].lower()

@@ -1,0 +1,142 @@
+"""What a new user types wrong, and what the CLI must answer: checked before anything is sent, one line naming the
+flag and the rule, and one exit-code convention (0 ok, 1 failed, 2 usage, 3 unreachable, 130 interrupted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.ports import release_ports, reserve_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def closed_port():
+    """A port nothing listens on (reserved from the shared allocator, so no broker takes it meanwhile)."""
+    [port] = reserve_ports(1)
+    yield port
+    release_ports([port])
+
+
+@pytest.mark.parametrize("argv, flag, rule", [
+    (["pub", "-t", "a/#/b", "-m", "x"], "-t 'a/#/b'", "MQTT-4.7.1-1"),
+    (["pub", "-t", "a/+", "-m", "x"], "-t 'a/+'", "MQTT-4.7.1-1"),
+    (["pub", "-t", "", "-m", "x"], "-t ''", "MQTT-4.7.3-1"),
+    (["sub", "-t", "a+"], "-t 'a+'", "MQTT-4.7.1-3"),
+    (["sub", "-t", "a/#/b"], "-t 'a/#/b'", "MQTT-4.7.1-2"),
+    (["pub", "-t", "a", "-m", "x", "-k", "70000"], "-k/--keepalive 70000", "0 (off) to 65535"),
+    (["pub", "-t", "a", "-m", "x", "-k", "-5"], "-k/--keepalive -5", "0 (off) to 65535"),
+    (["sub", "-t", "a", "--timeout", "0"], "--timeout 0", "above 0"),
+    (["sub", "-t", "a", "--timeout", "-2"], "--timeout -2", "above 0"),
+    (["pub", "-t", "a", "-m", "x", "-C", "0"], "-C/--count 0", "1 or more"),
+    (["pub", "-t", "a", "-m", "x", "--will-topic", "w/+"], "--will-topic 'w/+'", "MQTT-4.7.1-1"),
+    (["pub", "-t", "a", "-m", "x", "--url", "mqtt:/x"], "--url", "write mqtt://x"),
+    (["pub", "-t", "a", "-m", "x", "--url", "http://x"], "--url", "ws://"),
+])
+def test_bad_client_input_is_refused_before_anything_is_sent(argv, flag, rule, closed_port):
+    # the URL points at a closed port: had the input got through, the exit code would be 3, not 2
+    if "--url" not in argv:
+        argv = [*argv, "--url", f"mqtt://127.0.0.1:{closed_port}"]
+    proc = mh(*argv)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"mqtt-harness {argv[0]}: {flag}") and rule in line, line
+
+
+def test_qos_outside_0_to_2_is_a_usage_error():
+    proc = mh("pub", "-t", "a", "-m", "x", "-q", "3")
+    assert proc.returncode == 2 and "-q/--qos" in proc.stderr
+
+
+def test_unreachable_broker_exits_3_with_one_line(closed_port):
+    proc = mh("pub", "-t", "a", "-m", "x", "--url", f"mqtt://127.0.0.1:{closed_port}", "--timeout", "5")
+    assert proc.returncode == 3, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert "connection refused" in line and "Traceback" not in proc.stderr
+
+
+def test_version():
+    proc = mh("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("mqtt-harness ")
+
+
+def test_every_option_of_pub_sub_and_run_has_help():
+    from harness.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name in ("pub", "sub", "run"):
+        missing = [a.option_strings for a in subs.choices[name]._actions if a.option_strings and not a.help]
+        assert not missing, f"{name}: options without help: {missing}"
+    assert subs.choices["pub"].format_help() != subs.choices["sub"].format_help()
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    proc = subprocess.run(f"{sys.executable} -m harness brokers list | head -c 1", shell=True, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_unwritable_report_dir_is_one_line_before_any_test_runs():
+    proc = mh("run", "--report-dir", "/proc/nope", "suites/test_smoke.py", "--broker", "mosquitto:process")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("mqtt-harness run: --report-dir /proc/nope: cannot write reports there (No such "
+                                   "file or directory); give a folder you can write to")
+    assert "broker under test" not in proc.stdout
+
+
+def test_run_list_prints_test_ids_without_running_them():
+    proc = mh("run", "--list", "-k", "retain", "--broker", "mosquitto:process", "suites/test_retain.py")
+    assert proc.returncode == 0, proc.stderr
+    ids = proc.stdout.splitlines()
+    assert ids and all(i.startswith("suites/test_retain.py::") and "retain" in i for i in ids)
+    assert f"{len(ids)} tests" in proc.stderr
+
+
+def test_run_with_no_matching_test_says_so_and_exits_2():
+    proc = mh("run", "-k", "no_test_is_called_this", "--broker", "mosquitto:process", "suites/test_smoke.py")
+    assert proc.returncode == 2
+    assert "no test matches -k 'no_test_is_called_this'" in proc.stdout
+
+
+def test_run_broken_is_a_run_option():
+    proc = mh("run", "--broken", "no-such-rule-set", "--broker", "mosquitto:process", "suites/test_smoke.py")
+    assert proc.returncode == 2 and "unknown broken-broker rule set 'no-such-rule-set'" in proc.stdout + proc.stderr
+
+
+def test_unknown_broker_is_a_usage_error():
+    proc = mh("run", "--broker", "nosuch")
+    assert proc.returncode == 2 and "unknown broker 'nosuch'" in proc.stderr
+
+
+def test_pub_and_sub_round_trip_exit_0(mosquitto):
+    url = mosquitto.url("mqtt")
+    sub = subprocess.Popen([sys.executable, "-m", "harness", "sub", "--url", url, "-t", "cli/+", "-q", "1", "-v",
+                            "-C", "1", "--timeout", "30", "--trace"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        for line in sub.stderr:  # --trace: the SUBACK means the subscription is in place
+            if "SUBACK" in line.upper():
+                break
+        pub = mh("pub", "--url", url, "-t", "cli/x", "-m", "hello", "-q", "1")
+        assert pub.returncode == 0, pub.stderr
+        out, _ = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert sub.returncode == 0 and out.strip() == "cli/x hello"
+
+
+def test_sub_that_gets_too_few_messages_fails_with_1(mosquitto):
+    proc = mh("sub", "--url", mosquitto.url("mqtt"), "-t", "cli/none", "-C", "1", "--timeout", "0.5")
+    assert proc.returncode == 1 and "received 0 of 1 message(s) within 0.5s" in proc.stderr
