@@ -1,6 +1,7 @@
 /* mqtt-harness device firmware: network up, then the protocol banner, then a console task feeding the core.
  * Everything about the protocol lives in components/dut_core; this file only wires ESP-IDF to it. */
 #include <string.h>
+#include <sys/time.h>
 
 #include "esp_event.h"
 #include "esp_log.h"

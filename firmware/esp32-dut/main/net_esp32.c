@@ -1,6 +1,7 @@
 /* Network bring-up per Kconfig: Wi-Fi station (reconnects forever) or Ethernet on the internal EMAC. */
 #include <string.h>
 
+#include "esp_bit_defs.h" /* BIT0; otherwise only reachable through FreeRTOS port headers */
 #include "esp_event.h"
 #include "esp_idf_version.h"
 #include "esp_log.h"
@@ -24,6 +25,7 @@ static esp_netif_t *s_netif;
 static const char *s_netif_name;
 #define GOT_IP BIT0
 
+#if CONFIG_DUT_NET_WIFI || CONFIG_DUT_NET_ETH
 static void on_ip(void *arg, esp_event_base_t base, int32_t id, void *data)
 {
     (void)arg;
@@ -33,6 +35,7 @@ static void on_ip(void *arg, esp_event_base_t base, int32_t id, void *data)
     ESP_LOGI(TAG, "%s up: " IPSTR, s_netif_name, IP2STR(&ev->ip_info.ip));
     xEventGroupSetBits(s_bits, GOT_IP);
 }
+#endif
 
 #if CONFIG_DUT_NET_WIFI
 static void on_wifi(void *arg, esp_event_base_t base, int32_t id, void *data)
@@ -82,7 +85,9 @@ static esp_err_t start_eth(void)
     phy_config.phy_addr = CONFIG_DUT_ETH_PHY_ADDR;
     phy_config.reset_gpio_num = CONFIG_DUT_ETH_PHY_RST_GPIO;
     eth_esp32_emac_config_t emac_config = ETH_ESP32_EMAC_DEFAULT_CONFIG();
-#if ESP_IDF_VERSION >= ESP_IDF_VERSION_VAL(5, 2, 0)
+#if ESP_IDF_VERSION >= ESP_IDF_VERSION_VAL(5, 3, 0)
+    /* 5.3 moved the ESP32 EMAC config to esp_eth_mac_esp.h with the SMI pins in smi_gpio (5.2 still has the flat
+     * smi_mdc_gpio_num/smi_mdio_gpio_num, deprecated from 5.3) */
     emac_config.smi_gpio.mdc_num = CONFIG_DUT_ETH_MDC_GPIO;
     emac_config.smi_gpio.mdio_num = CONFIG_DUT_ETH_MDIO_GPIO;
 #else

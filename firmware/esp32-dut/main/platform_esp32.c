@@ -24,7 +24,7 @@
 #if ESP_IDF_VERSION >= ESP_IDF_VERSION_VAL(5, 3, 0)
 #include "driver/usb_serial_jtag_vfs.h"
 #else
-#include "esp_vfs_usb_serial_jtag.h"
+#include "esp_vfs_dev.h" /* esp_vfs_usb_serial_jtag_use_driver() is declared here before 5.3, not in esp_vfs_usb_serial_jtag.h */
 #endif
 #else
 #include "driver/uart.h"

@@ -1,0 +1,22 @@
+/* Compile-check variant choices for idf-stubs/sdkconfig.h (menuconfig choices of firmware/esp32-dut). */
+/* esp32, UART0 console, Ethernet (IP101), SNTP; checked as IDF 5.3.1 (smi_gpio EMAC config) */
+#define CONFIG_IDF_TARGET "esp32"
+#define CONFIG_IDF_TARGET_ESP32 1
+#define CONFIG_SOC_EMAC_SUPPORTED 1
+#define CONFIG_ESP_CONSOLE_UART_DEFAULT 1
+#define CONFIG_ESP_CONSOLE_UART 1
+#define CONFIG_ESP_CONSOLE_UART_NUM 0
+#define CONFIG_ESP_CONSOLE_UART_BAUDRATE 115200
+#define CONFIG_DUT_NET_ETH 1
+#define CONFIG_DUT_ETH_MDC_GPIO 23
+#define CONFIG_DUT_ETH_MDIO_GPIO 18
+#define CONFIG_DUT_ETH_PHY_ADDR 1
+#define CONFIG_DUT_ETH_PHY_RST_GPIO 5
+#define CONFIG_ETH_ENABLED 1
+#define CONFIG_ETH_USE_ESP32_EMAC 1
+#define CONFIG_ETH_PHY_INTERFACE_RMII 1
+#define CONFIG_ETH_RMII_CLK_INPUT 1
+#define CONFIG_ETH_RMII_CLK_IN_GPIO 0
+#define CONFIG_DUT_ETH_PHY_IP101 1
+#define CONFIG_DUT_SNTP 1
+#define CONFIG_DUT_SNTP_SERVER "pool.ntp.org"
