@@ -135,10 +135,19 @@ def generate_pki(directory: str | os.PathLike, *, force: bool = False) -> Pki:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if force or not _is_fresh(pki):
             _write_set(directory)
+        else:
+            _tighten(directory)  # a set written by an older harness had world-readable keys
         readme = directory / "README.md"
         if not readme.exists():
             readme.write_text(_readme())
     return pki
+
+
+def _tighten(directory: Path) -> None:
+    for name in SECRET_FILES:
+        path = directory / name
+        if path.exists() and path.stat().st_mode & 0o077:
+            os.chmod(path, KEY_MODE)
 
 
 def _is_fresh(pki: Pki) -> bool:
@@ -183,6 +192,12 @@ def _make_ca(name: str, now: dt.datetime) -> trustme.CA:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return trustme.CA.from_pem(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+
+
+KEY_MODE = 0o600
+# files that hold a private key: owner-only (the combined PEM and the PKCS#12 bundle carry the server key too)
+SECRET_FILES = frozenset(name for attr, (name, _) in FILES.items()
+                         if attr.endswith("_key") or attr in ("server_combined", "server_p12"))
 
 
 def _write_set(directory: Path) -> None:
@@ -232,8 +247,8 @@ def _write_set(directory: Path) -> None:
         for attr, data in contents.items():
             name = FILES[attr][0]
             (scratch / name).write_bytes(data)
-            # Readable by all: test-only keys, and containerised brokers read them as their own uid.
-            os.chmod(scratch / name, 0o644)
+            # Private keys for the owner only; brokers in containers get their own copy they own (docker backend).
+            os.chmod(scratch / name, KEY_MODE if name in SECRET_FILES else 0o644)
             os.replace(scratch / name, directory / name)
         manifest = {"version": FORMAT_VERSION, "generated": now.isoformat(timespec="seconds"),
                     "valid_until": (now + VALID_FOR).isoformat(timespec="seconds")}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+from pathlib import Path
 import json
 import socket
 import ssl
@@ -141,3 +143,36 @@ def test_mtls_listener_refuses_bad_or_missing_client_certificates(mosquitto, pki
     # With TLS 1.3 the refusal may come as a TLS alert or as a close before CONNACK: either way, no session.
     with pytest.raises(ConnectError):
         probe_connack(mosquitto.url("mqtts-mtls"), timeout=10, ca=str(pki.ca), **cert_args)
+
+
+def test_private_keys_are_owner_only_and_certificates_readable(tmp_path):
+    import stat
+
+    from harness.pki import SECRET_FILES, generate_pki
+
+    pki = generate_pki(tmp_path / "pki")
+    for path in pki.paths().values():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        want = 0o600 if path.name in SECRET_FILES else 0o644
+        assert mode == want, f"{path.name}: {oct(mode)}, want {oct(want)}"
+    os.chmod(pki.client_key, 0o644)  # a set from an older harness
+    generate_pki(tmp_path / "pki")
+    assert stat.S_IMODE(pki.client_key.stat().st_mode) == 0o600
+
+
+def test_docker_copy_of_the_keys_belongs_to_the_image_user(tmp_path):
+    import stat
+
+    from harness.backends.docker import _stage_pki, image_owner
+    from harness.pki import generate_pki
+
+    assert image_owner("1883:1883") == (1883, 1883) and image_owner("") == (0, 0)
+    assert image_owner("mosquitto") is None
+    pki = generate_pki(tmp_path / "pki")
+    staged = Path(_stage_pki(pki, tmp_path / "certs", image_owner("1883:1883")))
+    key = staged / "server.key"
+    if os.geteuid() == 0:
+        assert (key.stat().st_uid, stat.S_IMODE(key.stat().st_mode)) == (1883, 0o600)
+    else:
+        assert stat.S_IMODE(key.stat().st_mode) == 0o644  # no root: the broker's own copy has to be readable
+    assert stat.S_IMODE((staged / "ca.pem").stat().st_mode) == 0o644

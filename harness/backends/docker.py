@@ -172,7 +172,9 @@ class DockerBroker(Broker):
             volumes = {str(config_path): {"bind": spec.config_path, "mode": "ro"},
                        str(data_dir): {"bind": spec.data_path, "mode": "rw"}}
             if self.pki is not None:
-                volumes[str(_stage_pki(self.pki, run_dir / "certs"))] = {"bind": spec.certs_path, "mode": "ro"}
+                user = client.images.get(self.image).attrs.get("Config", {}).get("User")
+                volumes[str(_stage_pki(self.pki, run_dir / "certs", image_owner(user)))] = {
+                    "bind": spec.certs_path, "mode": "ro"}
             began = time.monotonic()
             self._container = client.containers.create(
                 self.image, command=list(spec.command) or None, name=self.container_name, detach=True,
@@ -252,14 +254,39 @@ class DockerBroker(Broker):
         self._container = None
         self.teardown_seconds = time.monotonic() - began
 
-def _stage_pki(pki: Pki, directory: Path) -> str:
-    """Copy the PKI files into a world-readable directory: the container's user must be able to enter the mounted
-    directory itself, and the PKI's own directory may be private (e.g. made by mkdtemp)."""
+def image_owner(user: str | None) -> tuple[int, int] | None:
+    """The uid:gid an image's USER runs as, when it is numeric ('' means root); None for a user name, which only
+    the image's own /etc/passwd could resolve."""
+    user = (user or "").strip()
+    if not user:
+        return (0, 0)
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return (int(uid), int(gid or uid))
+    return None
+
+
+def _stage_pki(pki: Pki, directory: Path, owner: tuple[int, int] | None = None) -> str:
+    """This broker's own copy of the PKI files, in a directory the container's user can enter (the PKI's own
+    directory may be private, e.g. made by mkdtemp). Certificates are 0644; keys are 0600 and, when we can
+    (running as root), owned by the container's user. Without root or a known uid the key copy has to be 0644:
+    it is this broker's copy of a test key, in this run's directory."""
+    from harness.pki import KEY_MODE, SECRET_FILES
+
     directory.mkdir(mode=0o755)
     os.chmod(directory, 0o755)  # mkdir's mode is masked by the umask
+    can_own = owner is not None and (os.geteuid() == 0 or owner[0] == os.geteuid())
     for path in pki.paths().values():
-        shutil.copyfile(path, directory / path.name)
-        os.chmod(directory / path.name, 0o644)
+        target = directory / path.name
+        shutil.copyfile(path, target)
+        if path.name not in SECRET_FILES:
+            os.chmod(target, 0o644)
+        elif can_own:
+            if os.geteuid() == 0:
+                os.chown(target, *owner)
+            os.chmod(target, KEY_MODE)
+        else:
+            os.chmod(target, 0o644)
     return str(directory)
 
 def _container_logs(container) -> str:
