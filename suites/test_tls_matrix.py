@@ -20,12 +20,13 @@ import asyncio
 import datetime as dt
 import functools
 import inspect
+import shutil
 import socket
 import ssl
 
 import pytest
 
-from harness.broker import MQTT, MQTTS, MQTTS_MTLS
+from harness.broker import MQTT, MQTTS, MQTTS_MTLS, BrokerUnavailable
 from harness.client import Client
 from harness.diagnose import Options, StubResolver, diagnose
 from harness.diagnose.alpn_gate import AlpnGate
@@ -38,6 +39,7 @@ from harness.diagnose.endpoints import (
 )
 from harness.diagnose.slow_listener import SlowListener
 from harness.errors import ConnectError, DnsError, MqttConnectError, TcpError, TlsError
+from harness.proxy.fixtures import proxy  # noqa: F401 - the device variant's pass-through front
 from harness.transport import TlsOptions
 from harness.url import parse_url
 
@@ -45,7 +47,7 @@ TIMEOUT = 5.0  # seconds per layer / per client open: loopback answers in millis
 BLACKHOLE_TIMEOUT = 1.0  # a dropped SYN is retransmitted after 1 s: a shorter wait sees nothing at all
 TEST_LIMIT = 60.0
 
-pytestmark = pytest.mark.parametrize("mqtt_version", ["3.1.1", "5"], ids=["mqtt311", "mqtt5"])
+VERSIONS = pytest.mark.parametrize("mqtt_version", ["3.1.1", "5"], ids=["mqtt311", "mqtt5"])
 
 
 def run(test):
@@ -70,7 +72,12 @@ class Endpoints:
 
     def url(self, variant: str, kind: str = MQTTS) -> str:
         if variant not in self._brokers:
-            self._brokers[variant] = start_variant(variant, self.pki, self.workdir / variant)
+            if shutil.which("mosquitto_passwd") is None and variant == "auth":
+                pytest.skip("mosquitto_passwd is missing; install: apt-get install -y mosquitto")
+            try:
+                self._brokers[variant] = start_variant(variant, self.pki, self.workdir / variant)
+            except BrokerUnavailable as exc:
+                pytest.skip(str(exc))
         return self._brokers[variant].urls()[kind]
 
     def stop(self) -> None:
@@ -130,6 +137,7 @@ def esp_tls_name(result) -> str:
 
 # ------------------------------------------------------------------------------------------------ controls
 
+@VERSIONS
 @run
 async def test_healthy_tls_broker_passes_every_layer(mqtt_version, endpoints, pki):
     """Control: the same endpoints with nothing wrong pass every layer, and both devices would connect."""
@@ -140,6 +148,7 @@ async def test_healthy_tls_broker_passes_every_layer(mqtt_version, endpoints, pk
     await reference_connects(endpoints.url("healthy"), mqtt_version, tls=TlsOptions(ca=str(pki.ca)))
 
 
+@VERSIONS
 @run
 async def test_mutual_tls_with_a_trusted_certificate_passes(mqtt_version, endpoints, pki):
     """Control for the client-certificate cases."""
@@ -152,6 +161,7 @@ async def test_mutual_tls_with_a_trusted_certificate_passes(mqtt_version, endpoi
 
 # -------------------------------------------------------------------------------------------- dns and tcp
 
+@VERSIONS
 @run
 async def test_dns_failure(mqtt_version):
     """A name that does not resolve (the stub answers NXDOMAIN for every name it was not given)."""
@@ -174,6 +184,7 @@ def refused_port():
     sock.close()
 
 
+@VERSIONS
 @run
 async def test_refused_port(mqtt_version, refused_port):
     url = f"mqtts://127.0.0.1:{refused_port}"
@@ -185,6 +196,7 @@ async def test_refused_port(mqtt_version, refused_port):
     assert isinstance(error, TcpError) and "connection refused" in str(error)
 
 
+@VERSIONS
 @run
 async def test_blackholed_port_times_out(mqtt_version):
     """SYNs dropped (a firewall, a blocked 8883): the accept queue of this listener is full and stays full."""
@@ -199,6 +211,7 @@ async def test_blackholed_port_times_out(mqtt_version):
 # ----------------------------------------------------------------------------------- server certificates
 
 @pytest.mark.spec("§5.4.3")
+@VERSIONS
 @run
 async def test_unknown_ca(mqtt_version, endpoints, pki):
     """The server certificate comes from a CA the client does not trust."""
@@ -211,6 +224,7 @@ async def test_unknown_ca(mqtt_version, endpoints, pki):
 
 
 @pytest.mark.spec("§5.4.3")
+@VERSIONS
 @run
 async def test_expired_server_certificate(mqtt_version, endpoints, pki):
     url = endpoints.url("expired")
@@ -222,6 +236,7 @@ async def test_expired_server_certificate(mqtt_version, endpoints, pki):
 
 
 @pytest.mark.spec("§5.4.3")
+@VERSIONS
 @run
 async def test_server_certificate_not_yet_valid(mqtt_version, endpoints, pki):
     url = endpoints.url("notyetvalid")
@@ -234,6 +249,7 @@ async def test_server_certificate_not_yet_valid(mqtt_version, endpoints, pki):
 @pytest.mark.spec("§5.4.3")
 @pytest.mark.parametrize("clock", ["2000-01-01T00:00:00+00:00", "2099-01-01T00:00:00+00:00"],
                          ids=["never-synced", "far-future"])
+@VERSIONS
 @run
 async def test_clock_skewed_device(mqtt_version, endpoints, pki, clock):
     """A good certificate judged by a device whose clock is wrong (--clock). The host's clock is right, so the
@@ -249,6 +265,7 @@ async def test_clock_skewed_device(mqtt_version, endpoints, pki, clock):
 
 
 @pytest.mark.spec("§5.4.3")
+@VERSIONS
 @run
 async def test_hostname_mismatch(mqtt_version, endpoints, pki):
     url = endpoints.url("wronghost")
@@ -260,6 +277,7 @@ async def test_hostname_mismatch(mqtt_version, endpoints, pki):
 
 
 @pytest.mark.spec("§5.4.3")
+@VERSIONS
 @run
 async def test_missing_intermediate(mqtt_version, endpoints, pki):
     """The broker serves its certificate without the intermediate CA that issued it; the client trusts the
@@ -285,6 +303,7 @@ TLS_VERSIONS = pytest.mark.parametrize("tls_version", [None, "1.2"], ids=["tls-d
 
 @pytest.mark.spec("§5.4.1")
 @TLS_VERSIONS
+@VERSIONS
 @run
 async def test_client_certificate_required_but_missing(mqtt_version, endpoints, pki, tls_version):
     """With TLS 1.3 the server judges the client certificate after the client's handshake (diagnose waits for its
@@ -301,6 +320,7 @@ async def test_client_certificate_required_but_missing(mqtt_version, endpoints, 
 
 @pytest.mark.spec("§5.4.1")
 @TLS_VERSIONS
+@VERSIONS
 @run
 async def test_untrusted_client_certificate(mqtt_version, endpoints, pki, tls_version):
     url = endpoints.url("healthy", MQTTS_MTLS)
@@ -315,6 +335,7 @@ async def test_untrusted_client_certificate(mqtt_version, endpoints, pki, tls_ve
 
 # ---------------------------------------------------------------------------------------- TLS parameters
 
+@VERSIONS
 @run
 async def test_tls_version_mismatch_old_broker(mqtt_version, pki):
     """A broker that speaks only TLS 1.0/1.1 (scripted stand-in) against clients that require TLS 1.2+."""
@@ -326,6 +347,7 @@ async def test_tls_version_mismatch_old_broker(mqtt_version, pki):
         assert isinstance(error, TlsError) and "no TLS version in common" in str(error)
 
 
+@VERSIONS
 @run
 async def test_tls_version_mismatch_tls13_only_broker(mqtt_version, endpoints, pki):
     """mosquitto with tls_version tlsv1.3 against a device that speaks only TLS 1.2 (--tls-version 1.2, as
@@ -337,6 +359,7 @@ async def test_tls_version_mismatch_tls13_only_broker(mqtt_version, endpoints, p
     await reference_connects(url, mqtt_version, tls=TlsOptions(ca=str(pki.ca)))
 
 
+@VERSIONS
 @run
 async def test_alpn_mismatch(mqtt_version, endpoints, pki):
     """An ALPN-routing front end (as AWS IoT on 443) in front of mosquitto refuses a ClientHello without its
@@ -352,6 +375,7 @@ async def test_alpn_mismatch(mqtt_version, endpoints, pki):
         assert gate.refused == 2
 
 
+@VERSIONS
 @run
 async def test_plain_mqtt_to_a_tls_port(mqtt_version, endpoints, pki):
     """mqtt:// to the mqtts listener: the TLS server hangs up on the plain CONNECT. diagnose then finds the port
@@ -364,6 +388,7 @@ async def test_plain_mqtt_to_a_tls_port(mqtt_version, endpoints, pki):
     assert isinstance(error, MqttConnectError) and "before CONNACK" in str(error)
 
 
+@VERSIONS
 @run
 async def test_tls_to_a_plain_port(mqtt_version, endpoints, pki):
     """mqtts:// to the plain listener: the broker drops the ClientHello; diagnose finds the port answers plain
@@ -378,6 +403,7 @@ async def test_tls_to_a_plain_port(mqtt_version, endpoints, pki):
 
 # ------------------------------------------------------------------------------------------------ CONNACK
 
+@VERSIONS
 @run
 async def test_connack_bad_credentials(mqtt_version, pki):
     """CONNACK 4 (3.1.1) / 0x86 (5). mosquitto 2.0.11 answers a wrong password with 5 / 0x87 instead (see the next
@@ -400,6 +426,7 @@ async def test_connack_bad_credentials(mqtt_version, pki):
 
 @pytest.mark.spec(v311=["MQTT-3.2.2-4", "MQTT-3.2.2-5"], v5=["MQTT-3.2.2-6", "MQTT-3.2.2-7"])
 @pytest.mark.parametrize("password", [None, "wrong"], ids=["anonymous", "wrong-password"])
+@VERSIONS
 @run
 async def test_connack_not_authorized(mqtt_version, endpoints, pki, password):
     """mosquitto with password authentication on its TLS listener refuses an anonymous client and a wrong password
@@ -416,6 +443,7 @@ async def test_connack_not_authorized(mqtt_version, endpoints, pki, password):
     await classify(url, mqtt_version, None, None, ca=str(pki.ca), username=USERNAME, password=PASSWORD)
 
 
+@VERSIONS
 @run
 async def test_sni_required(mqtt_version, endpoints, pki):
     """An SNI-routing front end (as HiveMQ Cloud and EMQX Cloud have) turns away a client that connects by IP
@@ -428,3 +456,55 @@ async def test_sni_required(mqtt_version, endpoints, pki):
         assert isinstance(error, TlsError) and "unrecognized name" in str(error)
         await classify(gate.url(), mqtt_version, None, None, ca=str(pki.ca), sni="localhost")
         await reference_connects(gate.url(), mqtt_version, tls=TlsOptions(ca=str(pki.ca), server_hostname="localhost"))
+
+
+# -------------------------------------------------------------------------------------- device variant (--dut)
+
+# case -> (variant, listener kind, device TLS settings (blob names), diagnose options (file attributes))
+DEVICE_CASES = {
+    "unknown-ca": ("unknownca", MQTTS, {"ca": "ca"}, {"ca": "ca"}),
+    "expired-server-cert": ("expired", MQTTS, {"ca": "ca"}, {"ca": "ca"}),
+    "server-cert-not-yet-valid": ("notyetvalid", MQTTS, {"ca": "ca"}, {"ca": "ca"}),
+    "hostname-mismatch": ("wronghost", MQTTS, {"ca": "ca"}, {"ca": "ca"}),
+    "missing-intermediate": ("missing_intermediate", MQTTS, {"ca": "chain_root"}, {"ca": "chain_root"}),
+    "client-cert-missing": ("healthy", MQTTS_MTLS, {"ca": "ca"}, {"ca": "ca"}),
+    "client-cert-untrusted": ("healthy", MQTTS_MTLS,
+                              {"ca": "ca", "cert": "client_untrusted_cert", "key": "client_untrusted_key"},
+                              {"ca": "ca", "cert": "client_untrusted_cert", "key": "client_untrusted_key"}),
+    "not-authorized": ("auth", MQTTS, {"ca": "ca"}, {"ca": "ca"}),
+}
+
+
+@pytest.mark.spec("§5.4.1", "§5.4.3")
+@pytest.mark.parametrize("case", list(DEVICE_CASES))
+async def test_device_reports_what_diagnose_predicts(dut, proxy, endpoints, pki, request, case):  # noqa: F811
+    from harness.device.wire import EVENT_TIMEOUT, build_config, device_url
+
+    variant, kind, device_tls, diagnose_tls = DEVICE_CASES[case]
+    dut_host = request.config.getoption("dut_host")
+    upstream = endpoints.url(variant, kind)
+    front = proxy(upstream, listen=f"{dut_host}:0")  # TLS passed through: the endpoint itself answers
+    url = device_url(front, dut_host, "mqtts")
+    files = {"chain_root": make_chain(endpoints.workdir / variant / "chain").root} if variant == "missing_intermediate" else {}
+    for blob in set(device_tls.values()):
+        path = files.get(blob) or getattr(pki, blob)
+        await dut.aio.upload_blob(blob, path.read_bytes())
+    predicted = await diagnose(url, Options(timeout=TIMEOUT, **{k: str(files.get(v) or getattr(pki, v))
+                                                                for k, v in diagnose_tls.items()}))
+    assert predicted.failed_layer is not None, "the endpoint must fail for the device variant to mean anything"
+    config = build_config(uri=url, client_id=f"dut-matrix-{case}"[:23], keepalive=30, timeout_ms=3000,
+                          disable_auto_reconnect=True, **{k: {"blob": v} for k, v in device_tls.items()})
+    await dut.aio.init(config)
+    mark = dut.mark()
+    await dut.aio.start()
+    error = await dut.aio.expect_event("ERROR", timeout=EVENT_TIMEOUT, since=mark)
+    await dut.aio.expect_event("DISCONNECTED", timeout=EVENT_TIMEOUT, since=mark)
+    device = error.error_handle
+    expected = predicted.device["esp_mqtt"]["error_handle"]
+    assert device["error_type"] == expected["error_type"], f"{case}: device {device}, diagnose {expected}"
+    assert device["esp_tls_last_esp_err"]["name"] == expected["esp_tls_last_esp_err"]["name"], \
+        f"{case}: device reported {device['esp_tls_last_esp_err']}, diagnose predicted {expected['esp_tls_last_esp_err']}"
+    for flag in expected["esp_tls_cert_verify_flags"]["names"]:
+        assert flag in device["esp_tls_cert_verify_flags"]["names"], f"{case}: device flags {device}"
+    if expected["error_type"] == "MQTT_ERROR_TYPE_CONNECTION_REFUSED":
+        assert device["connect_return_code"]["code"] == expected["connect_return_code"]["code"]
