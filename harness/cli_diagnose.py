@@ -55,7 +55,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=("esp-mqtt", "espeasy"),
                    help="judge as this device: its connect timeout decides the tcp layer")
     p.add_argument("--device-timeout", type=int, metavar="MS",
-                   help="the device's own connect timeout in ms (defaults: espeasy 100, esp-mqtt 10000)")
+                   help="the device's own connect timeout in ms (defaults: espeasy 100, esp-mqtt 10000); without "
+                        "--device it applies to both")
     p.add_argument("--older-idf", action="store_true",
                    help="show esp-tls error numbers of older ESP-IDF releases (names are the same)")
     p.add_argument("--topic", help="topic for the roundtrip (default: mqtt-harness/diagnose/<client id>)")

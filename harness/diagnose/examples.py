@@ -124,6 +124,10 @@ def cases(lab: Lab):
            "retransmits it after 1 s, like a broker far away (measured, not simulated). The host connects; ESPEasy, "
            "which gives up after 100 ms, logs -1002. The fix names the ESPEasy setting and the value to try.",
            [slow.url(), "--ca", "ca.pem", "--device", "espeasy", "--device-timeout", "100"])
+    yield ("The same, without --device",
+           "Judged for this machine every layer passes; the device section and the note still say that ESPEasy, at "
+           "its default 100 ms, would fail with -1002.",
+           [slow.url(), "--ca", "ca.pem"])
     yield ("The same, with the timeout raised",
            "With a device timeout above the measured connect time every layer passes.",
            [slow.url(), "--ca", "ca.pem", "--device", "espeasy", "--device-timeout", "4000"])

@@ -768,4 +768,7 @@ def _devices(st: _State) -> None:
         if cause == "device_connect_timeout":
             report["connect_ms"] = round(st.connect_ms, 1)
         out[name.replace("-", "_")] = report
+        if failed is None and cause == "device_connect_timeout":
+            d.notes.append(f"{name} at its {limit} ms connect timeout would fail at tcp ({report.get('summary')}); "
+                           f"rerun with --device {name} to see the fix")
     d.device = out
