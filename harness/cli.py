@@ -18,6 +18,7 @@ COMMANDS = {
     "proxy": "harness.cli_proxy",
     "dut": "harness.cli_dut",
     "diagnose": "harness.cli_diagnose",
+    "statements": "harness.cli_statements",
 }
 
 

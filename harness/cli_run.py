@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", metavar="N", help="parallel workers (pytest-xdist): a number or 'auto'; each worker "
                                            "starts its own brokers")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    p.add_argument("--statement", action="append", default=[], metavar="ID",
+                   help="only the tests tagged with this OASIS statement ID, repeatable; a prefix selects every ID "
+                        "below it (MQTT-3.3.1-6, MQTT-3.3, 3.3.1-6)")
     p.add_argument("--list", action="store_true", help="list the test ids that would run (with -k/-m/PATH "
                                                        "applied), one per line, and exit")
     p.add_argument("--mqtt-version", choices=("3.1.1", "5", "all"), default="all",
@@ -99,6 +102,8 @@ def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
         argv += ["--broker", broker]
     for dut in args.dut:
         argv += ["--dut", dut]
+    for statement_id in args.statement:
+        argv += ["--statement", statement_id]
     for option in ("k", "m"):
         if getattr(args, option):
             argv += [f"-{option}", getattr(args, option)]
@@ -209,7 +214,8 @@ def _exit_code(pytest_code: int, args: argparse.Namespace) -> int:
         print("mqtt-harness run: interrupted; brokers and devices this run started are stopped", flush=True)
         return 130
     if pytest_code == pytest.ExitCode.NO_TESTS_COLLECTED:
-        what = " and ".join(f"{flag} {value!r}" for flag, value in (("-k", args.k), ("-m", args.m)) if value)
+        what = " and ".join([f"{flag} {value!r}" for flag, value in (("-k", args.k), ("-m", args.m)) if value]
+                            + [f"--statement {s}" for s in args.statement])
         print(f"mqtt-harness run: no test matches {what or 'the paths given'}; see `mqtt-harness run --list`",
               flush=True)
         return 2

@@ -73,6 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default: %(default)s)")
     group.addoption("--wait-timeout", type=float, default=5.0, metavar="SECONDS",
                     help="default wait of test clients and harness.expect (default: %(default)s)")
+    group.addoption("--statement", action="append", default=[], metavar="ID",
+                    help="run only the tests tagged with this OASIS statement ID (repeatable; a prefix selects "
+                         "all below it, e.g. MQTT-3.3 or 3.3.1-6)")
     group.addoption("--broken", metavar="NAME",
                     help="broken-broker mode: put the named proxy rule set (harness.proxy.broken) in front of every "
                          "broker under test, so it has that one bug; for proving that the suites catch it")
@@ -272,7 +275,37 @@ def _version_params(definition: pytest.Function, selected: tuple[str, ...], wher
     return params
 
 
+def _statement_prefixes(given: list[str]) -> list[str]:
+    out = []
+    for raw in given:
+        text = raw.strip().strip("[]").upper()
+        out.append(text if text.startswith("MQTT-") else "MQTT-" + text)
+    return out
+
+
+def statement_matches(statement_id: str, prefix: str) -> bool:
+    """A prefix matches whole parts only: MQTT-3.3 selects MQTT-3.3.1-6, MQTT-3.3.1-1 does not select MQTT-3.3.1-10."""
+    return statement_id == prefix or (statement_id.startswith(prefix) and (
+        prefix[-1] in ".-" or statement_id[len(prefix)] in ".-"))
+
+
+def select_by_statement(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--statement: keep the items tagged with a matching statement ID (at the item's MQTT version)."""
+    prefixes = _statement_prefixes(config.getoption("statement") or [])
+    if not prefixes:
+        return
+    keep, drop = [], []
+    for item in items:
+        ids = markers.statement_ids(item.iter_markers("spec"), _version_of(item))
+        hit = any(statement_matches(i, p) for i in ids for p in prefixes)
+        (keep if hit else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    select_by_statement(config, items)
     suite = [item for item in items if is_suite_item(item)]
     if not suite:
         return
