@@ -59,6 +59,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     (_, old), (_, new) = _load(args.old), _load(args.new)
+    old_ids, new_ids = {b.id for b in old.brokers}, {b.id for b in new.brokers}
+    if old_ids and new_ids and not old_ids & new_ids:
+        raise CliError(f"nothing to compare: the reports have no broker in common ({args.old}: "
+                       f"{', '.join(sorted(old_ids))}; {args.new}: {', '.join(sorted(new_ids))}). Diff runs of the "
+                       "same broker, or merge them instead: mqtt-harness report merge", 2)
     changes = diff(old, new)
     groups = {"regressions": changes.regressions, "fixes": changes.fixes, "new failures": changes.new_failures,
               "other changes": changes.other}
@@ -81,7 +86,22 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    for path in args.reports:
-        path, report = _load(path)
+    """Every file is checked and every problem shown; exit 1 if any file is invalid."""
+    bad = 0
+    for given in args.reports:
+        path = given / FILES["json"] if given.is_dir() else given
+        try:
+            report = load(path)
+        except ReportError as exc:
+            bad += 1
+            if exc.problems:
+                print(f"{path}: invalid, {len(exc.problems)} problem(s):")
+                for problem in exc.problems:
+                    print(f"  {problem}")
+            else:
+                print(exc)
+            continue
         print(f"{path}: valid (schema version 1, {len(report.results)} results)")
+    if bad:
+        raise CliError(f"{bad} of {len(args.reports)} reports invalid")
     return 0

@@ -164,7 +164,35 @@ def test_report_cli_merge_diff_render_validate(sample, tmp_path, capsys):
 
     (tmp_path / "bad.json").write_text("[]")
     assert main(["report", "validate", str(tmp_path / "bad.json")]) == 1
-    assert "bad.json: not an mqtt-harness report" in capsys.readouterr().err
+    assert "bad.json: not an mqtt-harness report" in capsys.readouterr().out
+
+
+def test_validate_checks_every_file_and_every_problem_and_the_summary(sample, tmp_path, capsys):
+    good = tmp_path / "good"
+    write_reports(sample, good)
+    data = json.loads((good / "report.json").read_text())
+    data["summary"]["total"] += 3
+    data["summary"]["outcomes"]["passed"] += 3
+    (tmp_path / "lying.json").write_text(json.dumps(data))
+    (tmp_path / "junk.json").write_text("{")
+    assert main(["report", "validate", str(tmp_path / "junk.json"), str(tmp_path / "lying.json"), str(good)]) == 1
+    captured = capsys.readouterr()
+    assert "junk.json: not a JSON report" in captured.out
+    assert "lying.json: invalid, 2 problem(s):" in captured.out
+    assert "summary.total is 8 but there are 5 results" in captured.out
+    assert "summary.outcomes.passed is" in captured.out
+    assert f"{good / 'report.json'}: valid" in captured.out  # checked although earlier files failed
+    assert "2 of 3 reports invalid" in captured.err
+
+
+def test_diff_of_reports_with_no_broker_in_common_says_so(tmp_path, capsys):
+    a = make_report("a", ["mosquitto-process"], [result("suites/test_pub.py::test_qos0", "mosquitto-process", "passed")])
+    b = make_report("b", ["nats-process"], [result("suites/test_pub.py::test_qos0", "nats-process", "failed")])
+    write_reports(a, tmp_path / "a")
+    write_reports(b, tmp_path / "b")
+    assert main(["report", "diff", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "no broker in common" in err and "mosquitto-process" in err and "nats-process" in err and "merge" in err
 
 
 def test_summary_table_has_areas_as_rows_and_brokers_as_columns(sample):

@@ -28,7 +28,11 @@ def now_iso() -> str:
 
 
 class ReportError(ValueError):
-    """A report file that cannot be read: the message names the file and the problem."""
+    """A report file that cannot be read: the message names the file and the problem; `problems` lists every one."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])
 
 
 @dataclass
@@ -195,6 +199,26 @@ def save(report: Report, path: str | Path) -> Path:
     return path
 
 
+def summary_problems(data: dict[str, Any]) -> list[str]:
+    """Where the stored summary contradicts the results it summarises (a hand-edited or truncated report)."""
+    stored = data.get("summary")
+    if stored is None:
+        return []
+    actual = Report.from_dict(data).to_dict()["summary"]
+    problems = []
+    if stored.get("total") != actual["total"]:
+        problems.append(f"summary.total is {stored.get('total')} but there are {actual['total']} results")
+    for outcome, count in actual["outcomes"].items():
+        if (stored.get("outcomes") or {}).get(outcome, 0) != count:
+            problems.append(f"summary.outcomes.{outcome} is {(stored.get('outcomes') or {}).get(outcome, 0)} but "
+                            f"{count} results are {outcome}")
+    for broker, counts in actual["by_broker"].items():
+        said = (stored.get("by_broker") or {}).get(broker)
+        if said is not None and said != counts:
+            problems.append(f"summary.by_broker.{broker} does not match its results")
+    return problems
+
+
 def load(path: str | Path) -> Report:
     """Read and validate a report.json; ReportError names the file and what is wrong with it."""
     from harness.report.validate import validate  # the schema file is read only when a report is loaded
@@ -212,7 +236,9 @@ def load(path: str | Path) -> Report:
         raise ReportError(f"{path}: report schema version {data.get('schema_version')!r}; this harness reads "
                           f"version {SCHEMA_VERSION}: re-render it with the harness that wrote it")
     problems = validate(data)
+    if not problems:
+        problems = summary_problems(data)
     if problems:
         shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
-        raise ReportError(f"{path}: invalid report: {shown}")
+        raise ReportError(f"{path}: invalid report: {shown}", problems=problems)
     return Report.from_dict(data)
