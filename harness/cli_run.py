@@ -14,6 +14,7 @@ import importlib.util
 import os
 import shlex
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -48,8 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                           "needs the LAN address)")
     p.add_argument("-k", metavar="EXPR", help="only tests matching this pytest -k expression")
     p.add_argument("-m", metavar="EXPR", help="only tests matching this pytest -m marker expression")
-    p.add_argument("-n", metavar="N", help="parallel workers (pytest-xdist): a number or 'auto'; each worker "
-                                           "starts its own brokers")
+    p.add_argument("-n", metavar="N", help="parallel workers (pytest-xdist): a number or 'auto' (the default where "
+                                           "pytest-xdist is installed; -n 0: one process); each worker starts its own "
+                                           "brokers")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
     p.add_argument("--statement", action="append", default=[], metavar="ID",
                    help="only the tests tagged with this OASIS statement ID, repeatable; a prefix selects every ID "
@@ -156,6 +158,25 @@ def list_tests(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_reachable(spec, args: argparse.Namespace) -> None:
+    """A broker given by URL that does not answer CONNECT stops the run here, once, instead of failing every test."""
+    from harness.errors import ConnectError, HarnessError, MqttConnectError
+    from harness.probe import probe_connack
+
+    for kind, url in spec.urls:
+        if kind not in ("mqtt", "mqtts", "ws", "wss"):
+            continue
+        try:
+            probe_connack(url, 10.0, ca=args.ca, cert=args.cert, key=args.key,
+                          username=args.username, password=args.password)
+        except MqttConnectError:
+            return  # it answers; a refusal is for the tests to report
+        except (ConnectError, HarnessError, TimeoutError, OSError) as exc:
+            raise CliError(f"broker {url} is unreachable, so no test can run: {' '.join(str(exc).split())}", 3) \
+                from None
+        return
+
+
 def check_writable(report_dir: Path) -> None:
     """Fail before any test runs when the reports could not be written at the end."""
     try:
@@ -181,6 +202,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return list_tests(args)
     report_dir = args.report_dir or Path("reports") / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     check_writable(report_dir)
+    for spec in specs:
+        check_reachable(spec, args)
+    if args.n is None and importlib.util.find_spec("xdist") is not None:
+        args.n = "auto"  # -n 0 runs in one process
     argv = pytest_args(args, report_dir)
     for spec in specs:
         why = f" ({spec.chosen_because})" if spec.chosen_because else ""
@@ -201,6 +226,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary_table(report))
     print(f"\nreports: {report_dir / FILES['html']}\n         {report_dir / FILES['json']}\n"
           f"         {report_dir / FILES['junit']}")
+    failed = [r for r in report.results if r.outcome in ("failed", "error")]
+    if failed:
+        print(f"\n{len(failed)} failed:")
+        for result in failed:
+            where = "/".join(x for x in (result.broker, result.device) if x)
+            reason = " ".join((result.reason or "").split())
+            print(f"  {where} {result.test}" + (f" [MQTT {result.mqtt_version}]" if result.mqtt_version else "")
+                  + (f"\n      {textwrap.shorten(reason, 160, placeholder=' ...')}" if reason else ""))
+        print(f"details: {report_dir / FILES['html']}")
     if report.failed:
         return code or 1
     return code

@@ -140,3 +140,37 @@ def test_pub_and_sub_round_trip_exit_0(mosquitto):
 def test_sub_that_gets_too_few_messages_fails_with_1(mosquitto):
     proc = mh("sub", "--url", mosquitto.url("mqtt"), "-t", "cli/none", "-C", "1", "--timeout", "0.5")
     assert proc.returncode == 1 and "received 0 of 1 message(s) within 0.5s" in proc.stderr
+
+
+def test_unreachable_url_broker_aborts_the_run_once_with_3(closed_port):
+    proc = mh("run", "--broker", f"mqtt://127.0.0.1:{closed_port}", "suites/test_smoke.py")
+    assert proc.returncode == 3
+    assert proc.stderr.count("unreachable") == 1 and "connection refused" in proc.stderr
+    assert "PASS" not in proc.stdout and "FAIL" not in proc.stdout
+
+
+def _run_env(**env):
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "PY_COLORS")}
+    return {**clean, **env}
+
+
+def test_run_lines_have_elapsed_time_colour_only_when_asked_and_a_recap_of_failures(tmp_path):
+    argv = [sys.executable, "-m", "harness", "run", "--broker", "mosquitto:process", "--broken", "will-dropped",
+            "suites/test_will.py", "-k", "not_retained", "--mqtt-version", "3.1.1", "-n", "0",
+            "--report-dir", str(tmp_path / "r")]
+    piped = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_run_env())
+    assert piped.returncode == 1
+    [line] = [x for x in piped.stdout.splitlines() if "FAIL " in x]
+    assert "\x1b[" not in piped.stdout  # piped: no colour
+    assert line.rstrip().endswith("s") and line.split()[-1].removesuffix("s").replace(".", "").isdigit(), line
+    recap = piped.stdout.split("1 failed:", 1)[1]
+    assert "test_will_without_retain_is_not_retained" in recap
+    assert f"details: {tmp_path / 'r' / 'report.html'}" in recap
+    forced = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=_run_env(FORCE_COLOR="1"))
+    assert "\x1b[31m" in forced.stdout
+    off = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=_run_env(FORCE_COLOR="1", NO_COLOR="1"))
+    assert "\x1b[" not in off.stdout

@@ -18,8 +18,11 @@ import dataclasses
 import hashlib
 import inspect
 import linecache
+import os
 import secrets
 import signal
+import sys
+import textwrap
 import threading
 import traceback
 import warnings
@@ -173,6 +176,18 @@ class OpenDevice:
     log_mark: int = 0
     event_mark: int = 0
     reboots_mark: int = 0
+
+
+_COLOURS = {"passed": "32", "failed": "31", "error": "31", "xpassed": "33", "skipped": "33", "xfailed": "36"}
+
+
+def _colour_wanted() -> bool:
+    """Colour on a terminal only; NO_COLOR (any value) turns it off, FORCE_COLOR / PY_COLORS=1 on."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR") or os.environ.get("PY_COLORS") == "1":
+        return True
+    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def _state(config: pytest.Config) -> PluginState:
@@ -604,12 +619,15 @@ class ReportHooks:
         width = len(str(self.total or done))
         line = (f"[{done:>{width}}/{self.total or '?'}] {self._SHOWN[result.outcome]} "
                 f"{result.broker or '-':<20} {result.mqtt_version or '-':<5} {result.test}"
-                + (f" (device {result.device})" if result.device else ""))
+                + (f" (device {result.device})" if result.device else "") + f"  {result.duration:.2f}s")
         if result.outcome != "passed" and result.reason:
-            line += f"\n{' ' * (2 * width + 4)}{result.reason[:200]}"
+            # whole words: a known-limit reason cut mid-word reads as a different claim
+            shown = textwrap.shorten(" ".join(result.reason.split()), 300, placeholder=" ...")
+            line += f"\n{' ' * (2 * width + 4)}{shown}"
         reporter = self.state.config.pluginmanager.getplugin("terminalreporter")
         if reporter is None:
-            print(line, flush=True)
+            colour = _COLOURS.get(result.outcome) if _colour_wanted() else None
+            print(f"\x1b[{colour}m{line}\x1b[0m" if colour else line, flush=True)
             return
         reporter.ensure_newline()
         reporter.write_line(line, red=result.outcome in ("failed", "error"), green=result.outcome == "passed")
