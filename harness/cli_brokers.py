@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("up", help="start a broker and print its URLs; runs until Ctrl-C unless --detach")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--backend", choices=BACKENDS, default="process")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="how to run it; default: as `mqtt-harness run` chooses (docker where it works, else process)")
     p.add_argument("--listeners", metavar="KINDS",
                    help=f"comma-separated listener kinds ({','.join(LISTENER_KINDS)}); default: the broker's own")
     p.add_argument("--certs", metavar="DIR", type=Path, default=DEFAULT_CERTS,
@@ -107,6 +108,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     defn = _definition(args.name)
+    image = None
+    if args.backend is None:
+        from harness.plugin.brokers import choose_backend
+
+        spec = choose_backend(defn)  # the same choice `run` makes
+        args.backend, image = spec.backend, spec.image
+        print(f"backend: {spec.backend} ({spec.chosen_because}); --backend overrides", flush=True)
     try:
         backend = load_backend(args.backend)
     except BrokerError as exc:
@@ -122,10 +130,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     try:
-        broker = backend.create(defn, listeners=listeners, pki=pki, detached=args.detach)
+        extra = {"image": image} if image else {}
+        broker = backend.create(defn, listeners=listeners, pki=pki, detached=args.detach, **extra)
         broker.start(timeout=args.timeout)
     except BrokerError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), 3) from None  # set-up failed
     try:
         print(f"{defn.display_name} is up ({args.backend} backend):")
         for kind, url in broker.urls().items():
@@ -221,7 +230,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         found = asyncio.run(discover(args.url, tls=tls, username=args.username, password=args.password,
                                      timeout=args.timeout))
     except (BrokerError, HarnessError) as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), 3) from None  # not reachable, or not as an MQTT broker
     caps = found.capabilities
     print(f"{args.url}{'  (' + found.version + ')' if found.version else ''}")
     print(f"  MQTT versions          {', '.join(caps.versions)}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from harness.broker import BrokerError, Capabilities
 from harness.client import Client
 from harness.core.packets import Publish
-from harness.errors import ConnectError, ConnectionClosed, HarnessError, Timeout
+from harness.errors import ConnectError, ConnectionClosed, DnsError, HarnessError, TcpError, Timeout
 from harness.transport import TlsOptions
 
 SYS_VERSION_TOPIC = "$SYS/broker/version"
@@ -42,11 +42,16 @@ async def discover(url: str, *, tls: TlsOptions | None = None, username: str | N
     for version in ("5", "3.1.1"):
         try:
             clients[version] = await Client.connect(url, version=version, **connect)
+        except (DnsError, TcpError) as exc:  # below MQTT: the other version cannot fare better; say it once
+            raise BrokerError(f"cannot reach {url}: {exc}") from None
         except (ConnectError, ConnectionClosed, Timeout) as exc:
             errors[version] = exc
     if not clients:
-        raise BrokerError(f"cannot connect to {url} with MQTT 5 ({errors['5']}) or 3.1.1 ({errors['3.1.1']}); "
-                          "check the URL, --ca/--cert/--key and --username/--password")
+        said = {str(e) for e in errors.values()}
+        why = (f"({said.pop()})" if len(said) == 1 else
+               f"with MQTT 5 ({errors['5']}) or 3.1.1 ({errors['3.1.1']})")
+        raise BrokerError(f"cannot connect to {url} {why}; check the URL, --ca/--cert/--key and "
+                          "--username/--password")
     try:
         caps = Capabilities(versions=tuple(v for v in ("3.1.1", "5") if v in clients))
         found = Discovery(caps)

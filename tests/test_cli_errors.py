@@ -174,3 +174,26 @@ def test_run_lines_have_elapsed_time_colour_only_when_asked_and_a_recap_of_failu
     off = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=_run_env(FORCE_COLOR="1", NO_COLOR="1"))
     assert "\x1b[" not in off.stdout
+
+
+def test_brokers_probe_of_an_unreachable_url_says_it_once_and_exits_3(closed_port):
+    proc = mh("brokers", "probe", f"mqtt://127.0.0.1:{closed_port}", timeout=60)
+    assert proc.returncode == 3
+    assert proc.stderr.count("connection refused") == 1, proc.stderr
+
+
+def test_brokers_up_chooses_the_backend_as_run_does():
+    from harness import brokerdefs
+    from harness.plugin.brokers import choose_backend
+
+    spec = choose_backend(brokerdefs.load("mosquitto"))
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "brokers", "up", "mosquitto", "--listeners", "mqtt"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        up = proc.stdout.readline()
+    finally:
+        proc.send_signal(__import__("signal").SIGINT)
+        proc.wait(timeout=60)
+    assert first.startswith(f"backend: {spec.backend} ({spec.chosen_because})"), first
+    assert f"({spec.backend} backend)" in up, up
