@@ -90,6 +90,6 @@ def make_chain(directory: str | os.PathLike) -> Chain:
     for path, data in files.items():
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600 if path == chain.key else 0o644)  # keys private, as harness.pki makes them
         os.replace(tmp, path)
     return chain
