@@ -74,6 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tls.add_argument("--username", help="user name the clients send in CONNECT")
     tls.add_argument("--password", help="password the clients send in CONNECT")
     tls.add_argument("--mtls-url", metavar="URL", help="listener that requires client certificates")
+    tls.add_argument("--profile", metavar="NAME", help="documented limits for URL brokers: those of this broker "
+                     "definition (default: the product named in its $SYS/broker/version)")
     tls.add_argument("--known-limits", type=Path, metavar="YAML",
                      help="known limits of brokers: {broker: {test or statement ID: reason}} (strict xfail)")
     timing = p.add_argument_group("timing")
@@ -116,7 +118,7 @@ def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
     if args.exitfirst:
         argv.append("-x")
     for name in ("ca", "cert", "key", "username", "password", "mtls_url", "known_limits", "keepalive_seconds",
-                 "mqtt_timeout", "wait_timeout", "dut_baud", "dut_reset", "dut_host", "broken"):
+                 "mqtt_timeout", "wait_timeout", "dut_baud", "dut_reset", "dut_host", "broken", "profile"):
         value = getattr(args, name)
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
@@ -156,6 +158,22 @@ def list_tests(args: argparse.Namespace) -> int:
         return _exit_code(int(pytest.ExitCode.NO_TESTS_COLLECTED), args)
     print(f"{len(ids.ids)} tests", file=sys.stderr)
     return 0
+
+
+def profile_line(spec, args: argparse.Namespace) -> str:
+    """Which documented limits a URL broker gets (--profile, or what it says it is), as the run will use them."""
+    from harness import brokerdefs
+    from harness.plugin.brokers import BrokerPool, ClientTls
+
+    if args.profile and args.profile not in brokerdefs.names():
+        raise CliError(f"--profile {args.profile}: no such broker definition; use one of "
+                       f"{', '.join(brokerdefs.names())}", 2)
+    pool = BrokerPool(client_tls=ClientTls(ca=args.ca, cert=args.cert, key=args.key, username=args.username,
+                                           password=args.password), profile=args.profile)
+    name, why = pool.profile_of(spec)
+    if name is None:
+        return f"profile: none for {spec.id} ({why}); its deviations show as failures"
+    return f"profile: {spec.id} gets the documented limits of {name} ({why}); --profile overrides"
 
 
 def check_reachable(spec, args: argparse.Namespace) -> None:
@@ -204,6 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable(report_dir)
     for spec in specs:
         check_reachable(spec, args)
+        if spec.backend == "external":
+            print(profile_line(spec, args), flush=True)
     if args.n is None and importlib.util.find_spec("xdist") is not None:
         args.n = "auto"  # -n 0 runs in one process
     argv = pytest_args(args, report_dir)
@@ -278,7 +298,7 @@ def summary_table(report: Report) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     if len(lines) > 3:
         lines.insert(len(lines) - 1, lines[1])
-    errors = [r for r in report.results if not r.broker]
+    errors = [r for r in report.results if not r.broker and r.outcome == ERROR]
     for result in errors:
         lines.append(f"collection error: {result.nodeid}: {result.reason}")
     if report.run.rerun_plugin:

@@ -197,3 +197,16 @@ def test_brokers_up_chooses_the_backend_as_run_does():
         proc.wait(timeout=60)
     assert first.startswith(f"backend: {spec.backend} ({spec.chosen_because})"), first
     assert f"({spec.backend} backend)" in up, up
+
+
+def test_url_broker_gets_the_profile_it_names_and_its_documented_limits_xfail(mosquitto, tmp_path):
+    """A mosquitto given by URL says what it is in $SYS/broker/version: its documented limits apply (strict xfail,
+    with the reason), and the run says which profile it used; --profile overrides."""
+    url = mosquitto.url("mqtt")
+    argv = ["run", "--broker", url, "-k", "test_broker_closes_on_pingresp_from_a_client",
+            "--mqtt-version", "3.1.1", "-n", "0", "--report-dir", str(tmp_path / "r")]
+    proc = mh(*argv)
+    assert "gets the documented limits of mosquitto ($SYS/broker/version says 'mosquitto version" in proc.stdout
+    assert "XFAIL" in proc.stdout and "FAIL " not in proc.stdout.replace("XFAIL", ""), proc.stdout[-3000:]
+    proc = mh(*argv[:-2], "--report-dir", str(tmp_path / "r2"), "--profile", "nats")
+    assert "gets the documented limits of nats (--profile)" in proc.stdout

@@ -79,6 +79,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--statement", action="append", default=[], metavar="ID",
                     help="run only the tests tagged with this OASIS statement ID (repeatable; a prefix selects "
                          "all below it, e.g. MQTT-3.3 or 3.3.1-6)")
+    group.addoption("--profile", metavar="NAME",
+                    help="documented limits for brokers given by URL: those of this definition (mosquitto, emqx, "
+                         "...); default: the product the broker names in $SYS/broker/version, if it does")
     group.addoption("--broken", metavar="NAME",
                     help="broken-broker mode: put the named proxy rule set (harness.proxy.broken) in front of every "
                          "broker under test, so it has that one bug; for proving that the suites catch it")
@@ -207,7 +210,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
     pool = devices.DevicePool(baud=config.getoption("dut_baud"), reset=config.getoption("dut_reset"),
                               handshake_timeout=config.getoption("dut_timeout"), lock_dir=state_dir() / "dut-locks")
-    state = PluginState(config=config, pool=BrokerPool(client_tls=client_tls, extra_limits=_read_limits(limits_file)),
+    profile = config.getoption("profile")
+    from harness import brokerdefs
+
+    if profile and profile not in brokerdefs.names():
+        raise pytest.UsageError(f"--profile {profile}: no such broker definition; use one of "
+                                f"{', '.join(brokerdefs.names())}")
+    state = PluginState(config=config, pool=BrokerPool(client_tls=client_tls, extra_limits=_read_limits(limits_file),
+                                                       profile=profile),
                         versions=markers.VERSIONS if version == "all" else (version,),
                         collector=ResultCollector(config), devices=pool, dut_specs=devices.parse_specs(config))
     config.stash[_STATE] = state
@@ -590,13 +600,21 @@ class ReportHooks:
         self.paths: dict[str, Path] = {}
         self.total = 0  # tests to run, for the progress lines
 
+    def _profile_line(self, spec) -> str:
+        name, why = self.state.pool.profile_of(spec)
+        if name is None:
+            return f"mqtt-harness: {spec.id}: {why}; its deviations show as failures"
+        return f"mqtt-harness: {spec.id} gets the documented limits of profile {name} ({why})"
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.total = len(session.items)
+        self.total = len(session.items)  # (`mqtt-harness run` prints the profile line itself)
         reporter = session.config.pluginmanager.getplugin("terminalreporter")
         if reporter is not None and any(is_suite_item(item) for item in session.items):
             for spec in self.state.specs():
                 why = f" (chosen by default: {spec.chosen_because})" if spec.chosen_because else ""
                 reporter.write_line(f"mqtt-harness: broker under test {spec.id}{why}")
+                if spec.backend == "external":
+                    reporter.write_line(self._profile_line(spec))
                 if spec.broken:
                     reporter.write_line(f"mqtt-harness: BROKEN-BROKER MODE: {spec.id} gets the bug of rule set "
                                         f"{spec.broken!r} (harness.proxy.broken)", yellow=True)

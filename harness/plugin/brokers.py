@@ -277,6 +277,8 @@ class BrokerPool:
     client_tls: ClientTls = field(default_factory=ClientTls)
     extra_limits: dict[str, dict[str, str]] = field(default_factory=dict)  # --known-limits: broker -> id -> reason
     certs_dir: Path = CERTS_DIR
+    profile: str | None = None  # --profile: the definition whose documented limits URL brokers get
+    _profiles: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     _brokers: dict[str, BrokerUnderTest] = field(default_factory=dict)
     _failures: dict[str, BaseException] = field(default_factory=dict)
     _pki: Pki | None = None
@@ -287,9 +289,42 @@ class BrokerPool:
             self._pki = generate_pki(self.certs_dir)
         return self._pki
 
+    def profile_of(self, spec: BrokerSpec) -> tuple[str | None, str]:
+        """The definition whose documented limits a broker gets, and why: its own, --profile, or (a URL broker)
+        the product it names in $SYS/broker/version."""
+        if spec.definition:
+            return spec.definition, "its definition"
+        if spec.id not in self._profiles:
+            self._profiles[spec.id] = self._detect_profile(spec)
+        return self._profiles[spec.id]
+
+    def _detect_profile(self, spec: BrokerSpec) -> tuple[str | None, str]:
+        if self.profile:
+            return self.profile, "--profile"
+        from harness.discovery import broker_version
+        from harness.probe import run_sync
+
+        urls = dict(spec.urls)
+        kind = next((k for k in (MQTT, MQTTS, WS, WSS) if k in urls), None)
+        if kind is None:
+            return None, "no profile: no listener to ask"
+        probe = BrokerUnderTest(spec, pki=self.pki, client_tls=self.client_tls, capabilities=Capabilities(),
+                                capabilities_source="", known_limits={})
+        try:
+            said = run_sync(lambda: broker_version(urls[kind], tls=probe.tls(kind), **probe.credentials), 10.0)
+        except Exception:  # noqa: BLE001 - unreachable: the tests report that themselves
+            said = ""
+        words = said.lower().replace("-", " ").split()
+        for name in brokerdefs.names():
+            if name.lower() in words or (said.lower().startswith(name.lower())):
+                return name, f"$SYS/broker/version says {said!r}"
+        return None, (f"no profile: $SYS/broker/version says {said!r}, which names no known broker" if said else
+                      "no profile: the broker does not publish $SYS/broker/version (give --profile NAME)")
+
     def known_limits(self, spec: BrokerSpec) -> dict[str, str]:
         """Profile known limits plus --known-limits entries for this broker (by id or by name as written)."""
-        limits = dict(brokerdefs.load(spec.definition).capabilities.known_limits) if spec.definition else {}
+        profile = self.profile_of(spec)[0]
+        limits = dict(brokerdefs.load(profile).capabilities.known_limits) if profile else {}
         for key in (spec.definition, spec.name, spec.id):
             limits.update(self.extra_limits.get(key or "", {}))
         return limits
