@@ -36,7 +36,9 @@ class CliError(Exception):
         self.code = code
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (`only`, a command name) just that command's: importing every command's module costs
+    a few hundred milliseconds that `mqtt-harness diagnose` and `pub` should not pay."""
     from importlib.metadata import PackageNotFoundError, version
 
     parser = argparse.ArgumentParser(prog="mqtt-harness", description="MQTT conformance test harness",
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mqtt-harness {shown}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     seen = set()
-    for module_name in dict.fromkeys(COMMANDS.values()):
+    wanted = [COMMANDS[only]] if only in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module_name in wanted:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:  # a command group not built yet must not break the others
@@ -62,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    given = sys.argv[1:] if argv is None else argv
+    first = next((a for a in given if not a.startswith("-")), None)
+    parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
