@@ -388,11 +388,11 @@ def test_unreachable_url_broker_errors_every_test_and_stays_in_the_report(pytest
     """)
     result = run(pytester, "--broker", "mqtt://127.0.0.1:1", "--report-dir", "out")
     result.assert_outcomes(errors=4)
-    result.stdout.fnmatch_lines(["*BrokerError: cannot connect to mqtt://127.0.0.1:1 with MQTT 5 (tcp: *refused*"])
+    result.stdout.fnmatch_lines(["*BrokerError: cannot reach mqtt://127.0.0.1:1: tcp: *refused*"])
     report = load(pytester.path / "out" / "report.json")
     assert {r.outcome for r in report.results} == {"error"}
     (broker,) = report.brokers
-    assert broker.id == "url-127.0.0.1-1" and broker.notes[0].startswith("not available: cannot connect")
+    assert broker.id == "url-127.0.0.1-1" and broker.notes[0].startswith("not available: cannot reach")
 
 
 def test_broker_that_dies_during_a_test_fails_it_and_is_restarted(pytester):
