@@ -87,10 +87,11 @@ def have_cmocka() -> bool:
 def _source_digest(options: list[str]) -> str:
     """A digest of every source file of the host build and the cmake options: a change means rebuild."""
     h = hashlib.sha256("\0".join(options).encode())
-    roots = [HOST_SOURCE, FIRMWARE / "components" / "dut_core"]
+    roots = [HOST_SOURCE, FIRMWARE / "components" / "dut_core", FIRMWARE / "main"]
+    outputs = HOST_SOURCE / "build"  # the build's own output lives under the source: never part of the digest
     for root in roots:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            if "__pycache__" in path.parts:
+            if "__pycache__" in path.parts or path.is_relative_to(outputs):
                 continue
             h.update(str(path.relative_to(FIRMWARE)).encode() + b"\0")
             h.update(path.read_bytes())

@@ -90,7 +90,9 @@ class Dut:
         self._missing: list[int] = []
         self._event_cursor = 0
         self._message_cursor = 0
-        self._log_pending = ""  # log text after the expect() cursor
+        # log text after the expect() cursor, as pieces joined only when expect() looks (appending to one str
+        # attribute would copy it for every line: quadratic for a chatty device)
+        self._log_chunks: list[str] = []
         self.aio = _Aio(self)
 
     # --------------------------------------------------------------------------------------- open/close
@@ -259,7 +261,7 @@ class Dut:
         for item in items:
             if isinstance(item, LogLine):
                 self.log.append(item)
-                self._log_pending += item.text + "\n"
+                self._log_chunks.append(item.text + "\n")
             elif isinstance(item, Event):
                 self.events.append(item)
             elif isinstance(item, DataMessage):
@@ -552,7 +554,7 @@ class Dut:
             with self._cond:
                 if booted:
                     self._event_cursor, self._message_cursor = self._boot_at
-                    self._log_pending = ""
+                    self._log_chunks = []
             self._handshake(self.handshake_timeout)
             return self.info
 
@@ -852,6 +854,12 @@ class Dut:
             + extra + f"\n--- device log (last {LOG_TAIL} lines) ---\n{self._log_tail()}",
             expected=wanted, received=received)
 
+    def _log_pending(self) -> str:
+        """The log text after the expect() cursor (call with the lock held)."""
+        if len(self._log_chunks) > 1:
+            self._log_chunks = ["".join(self._log_chunks)]
+        return self._log_chunks[0] if self._log_chunks else ""
+
     def expect(self, pattern: str | bytes | re.Pattern, timeout: float | None = None) -> re.Match:
         """Search the device log since the log cursor for a regex (str or bytes; bytes match the log text
         encoded as UTF-8, invalid bytes appearing as \\xNN); moves the cursor past the match. Complete lines
@@ -861,23 +869,24 @@ class Dut:
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.M)
 
         def find():
+            text = self._log_pending()
             if isinstance(regex.pattern, bytes):
-                encoded = self._log_pending.encode()
+                encoded = text.encode()
                 match = regex.search(encoded)
                 if match is not None:
                     used = len(encoded[:match.end()].decode("utf-8", "ignore"))
-                    self._log_pending = self._log_pending[used:]
+                    self._log_chunks = [text[used:]]
                 return match
-            match = regex.search(self._log_pending)
+            match = regex.search(text)
             if match is not None:
-                self._log_pending = self._log_pending[match.end():]
+                self._log_chunks = [text[match.end():]]
             return match
 
         found = self._wait(find, timeout)
         if found is not None:
             return found
         with self._cond:
-            pending = self._log_pending.splitlines()[-LOG_TAIL:]
+            pending = self._log_pending().splitlines()[-LOG_TAIL:]
         shown = "\n".join("  " + line for line in pending) or "  (nothing)"
         raise DeviceTimeout(f"expected the device log to match {regex.pattern!r} within {timeout:g} s "
                             f"({self.name}, {self.port})\n--- device log since the cursor (last {LOG_TAIL} lines) "
