@@ -139,14 +139,14 @@ class Writer(threading.Thread):
         self.pty, self.boot, self.stream, self.fw, self.serve_hello = pty, boot, stream, fw, serve_hello
         self._go = threading.Event()
         self._halt = threading.Event()
+        self._started = threading.Event()  # set once t0 is taken, or when the thread ends without writing
         self.t0: float | None = None
         self.t_end: float | None = None
         self.error: BaseException | None = None
 
     def go(self) -> float:
         self._go.set()
-        while self.t0 is None and self.is_alive():
-            time.sleep(0.0005)
+        self._started.wait(timeout=30)
         return self.t0 or time.monotonic()
 
     def stop(self):
@@ -170,12 +170,15 @@ class Writer(threading.Thread):
                 return
             view = memoryview(self.stream)
             self.t0 = time.monotonic()
+            self._started.set()
             off = 0
             while off < len(view) and not self._halt.is_set():
                 off += os.write(fd, view[off:off + 65536])
             self.t_end = time.monotonic()
         except OSError as exc:  # the pty was closed under us (Ctrl-C)
             self.error = exc
+        finally:
+            self._started.set()  # go() must not wait for a start that will not come
 
 
 # --------------------------------------------------------------------------------------------- readers

@@ -141,7 +141,8 @@ class SlowListener:
                 base = listen_overflows()
                 self._armed.set()
                 while not self._stop.is_set() and listen_overflows() == base:
-                    time.sleep(POLL)  # a SYN was dropped when the counter moves
+                    # the kernel announces a dropped SYN only in this counter: poll it, stoppable
+                    self._stop.wait(POLL)
                 self._armed.clear()
                 if self._stop.is_set():
                     return
