@@ -96,12 +96,15 @@ def find_suites(explicit: Path | None) -> Path:
     raise CliError(f"no suites folder at {shown}; pass --suites DIR or set {SUITES_ENV}")
 
 
-def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
+def pytest_args(args: argparse.Namespace, report_dir: Path | None) -> list[str]:
+    """pytest's arguments for this run; report_dir None: for collecting only (no reports, progress or workers)."""
     suites = find_suites(args.suites)
     argv = [str(p) for p in args.paths] or [str(suites)]
     # The plugin prints one line per result; pytest's own terminal output would interleave with it.
-    argv += ["-p", "no:terminal", "--mqtt-progress", "--report-dir", str(report_dir),
-             "--mqtt-version", args.mqtt_version]
+    argv += ["-p", "no:terminal"]
+    if report_dir is not None:
+        argv += ["--mqtt-progress", "--report-dir", str(report_dir)]
+    argv += ["--mqtt-version", args.mqtt_version]
     for broker in args.broker:
         argv += ["--broker", broker]
     for dut in args.dut:
@@ -111,7 +114,7 @@ def pytest_args(args: argparse.Namespace, report_dir: Path) -> list[str]:
     for option in ("k", "m"):
         if getattr(args, option):
             argv += [f"-{option}", getattr(args, option)]
-    if args.n:
+    if args.n and report_dir is not None:
         if importlib.util.find_spec("xdist") is None:
             raise CliError("-n needs pytest-xdist: .venv/bin/pip install pytest-xdist")
         argv += ["-n", args.n]
@@ -129,17 +132,7 @@ def list_tests(args: argparse.Namespace) -> int:
     """The test ids pytest would run, without running anything (brokers are not started)."""
     import pytest
 
-    argv = [a for a in pytest_args(args, Path(os.devnull)) if a not in ("--mqtt-progress",)]
-    drop = {"-p": "no:terminal", "--report-dir": os.devnull, "-n": args.n}
-    kept, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if arg in drop and i + 1 < len(argv) and argv[i + 1] == drop[arg]:
-            skip = True
-            continue
-        kept.append(arg)
+    argv = pytest_args(args, None)
 
     class Ids:
         def __init__(self):
@@ -149,7 +142,7 @@ def list_tests(args: argparse.Namespace) -> int:
             self.ids = [item.nodeid for item in session.items]
 
     ids = Ids()
-    code = pytest.main([*kept, "--collect-only", "-p", "no:terminal"], plugins=[ids])
+    code = pytest.main([*argv, "--collect-only"], plugins=[ids])
     if code not in (0, pytest.ExitCode.NO_TESTS_COLLECTED):
         return _exit_code(int(code), args)
     for nodeid in ids.ids:
@@ -181,18 +174,17 @@ def check_reachable(spec, args: argparse.Namespace) -> None:
     from harness.errors import ConnectError, HarnessError, MqttConnectError
     from harness.probe import probe_connack
 
-    for kind, url in spec.urls:
-        if kind not in ("mqtt", "mqtts", "ws", "wss"):
-            continue
-        try:
-            probe_connack(url, 10.0, ca=args.ca, cert=args.cert, key=args.key,
-                          username=args.username, password=args.password)
-        except MqttConnectError:
-            return  # it answers; a refusal is for the tests to report
-        except (ConnectError, HarnessError, TimeoutError, OSError) as exc:
-            raise CliError(f"broker {url} is unreachable, so no test can run: {' '.join(str(exc).split())}", 3) \
-                from None
+    url = next((url for kind, url in spec.urls if kind in ("mqtt", "mqtts", "ws", "wss")), None)
+    if url is None:
         return
+    try:
+        probe_connack(url, 10.0, ca=args.ca, cert=args.cert, key=args.key, username=args.username,
+                      password=args.password)
+    except MqttConnectError:
+        return  # it answers; a refusal is for the tests to report
+    except (ConnectError, HarnessError, TimeoutError, OSError) as exc:
+        raise CliError(f"broker {url} is unreachable, so no test can run: {' '.join(str(exc).split())}", 3) \
+            from None
 
 
 def check_writable(report_dir: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import shutil
 import textwrap
 from collections import defaultdict
+from pathlib import Path
 
 from harness.cli import CliError
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.cli_run import find_suites
     from harness.spec import statements
 
-    suites = str(find_suites(args.suites and __import__("pathlib").Path(args.suites)))
+    suites = str(find_suites(Path(args.suites) if args.suites else None))
     found = coverage(suites)
     rows = []
     for version in ([args.mqtt_version] if args.mqtt_version else ["3.1.1", "5"]):

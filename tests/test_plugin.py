@@ -326,7 +326,7 @@ def test_mqtt_harness_run(tmp_path):
         async def test_fails(client_factory):
             assert (await client_factory()).connack.session_present, "no session"
     """))
-    cli = [sys.executable, "-m", "harness", "run", "--broker", "mosquitto:process"]
+    cli = [sys.executable, "-m", "harness", "run", "--broker", "mosquitto:process", "-n", "0"]  # one process: lines in order
     ok = subprocess.run([*cli, str(SMOKE), "--report-dir", str(tmp_path / "ok"), "-k", "publish"],
                         capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
