@@ -15,6 +15,8 @@ import contextlib
 import socket
 import threading
 
+from harness.diagnose.serving import ThreadedServer
+
 from harness.diagnose.slow_listener import _pump
 
 NO_APPLICATION_PROTOCOL = 120
@@ -75,7 +77,9 @@ def client_hello_extensions(record: bytes) -> dict[int, bytes] | None:
         return None
 
 
-class AlpnGate:
+class AlpnGate(ThreadedServer):
+    name = "alpn-gate"
+
     def __init__(self, upstream: tuple[str, int], protocols: list[str] | None = None, host: str = "127.0.0.1", *,
                  server_names: list[str] | None = None):
         self.upstream = upstream
@@ -84,33 +88,13 @@ class AlpnGate:
         self.host = host
         self.port: int | None = None
         self.refused = 0
-        self._sock: socket.socket | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
 
     def start(self) -> AlpnGate:
-        self._sock = socket.create_server((self.host, 0))
-        self._sock.settimeout(0.1)
-        self.port = self._sock.getsockname()[1]
-        t = threading.Thread(target=self._run, daemon=True, name=f"alpn-gate-{self.port}")
-        t.start()
-        self._threads.append(t)
+        self._listen()
         return self
 
     def url(self) -> str:
         return f"mqtts://{self.host}:{self.port}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -145,15 +129,6 @@ class AlpnGate:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
-        for t in self._threads:
-            t.join(timeout=5)
-
     def __enter__(self) -> AlpnGate:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.stop()

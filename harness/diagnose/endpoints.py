@@ -16,6 +16,7 @@ from harness import brokerdefs
 from harness.backends.process import ProcessBroker
 from harness.broker import MQTT, MQTTS, MQTTS_MTLS
 from harness.diagnose.certs import make_chain
+from harness.diagnose.serving import ThreadedServer
 from harness.pki import Pki
 
 USERNAME, PASSWORD = "device", "s3cret"
@@ -80,7 +81,7 @@ def chain_files(broker: ProcessBroker) -> object:
     return make_chain(Path(broker.definition.directory) / "chain")
 
 
-class CredentialsBroker:
+class CredentialsBroker(ThreadedServer):
     """A scripted MQTT endpoint (TLS, optionally only old TLS versions, or plain) that only authenticates:
     CONNACK 0 for USERNAME/PASSWORD, 4 / 0x86 (bad user name or password) for a wrong password or unknown user,
     5 / 0x87 (not authorized) without a user name, then closes. mosquitto 2.0.11 answers 5 / 0x87 to a wrong
@@ -92,15 +93,12 @@ class CredentialsBroker:
         self.host = host
         self.tls_maximum = tls_maximum  # e.g. ssl.TLSVersion.TLSv1_1: an old broker no modern client can talk to
         self.port: int | None = None
-        self._sock = None
         self._ctx = None
-        self._stop = None
-        self._threads = []
+
+    name = "mh-credentials"
 
     def start(self) -> CredentialsBroker:
-        import socket
         import ssl
-        import threading
         import warnings
 
         if self.pki is not None:
@@ -113,31 +111,11 @@ class CredentialsBroker:
                     ctx.minimum_version = ssl.TLSVersion.TLSv1
                     ctx.maximum_version = self.tls_maximum
             self._ctx = ctx
-        self._stop = threading.Event()
-        self._sock = socket.create_server((self.host, 0))
-        self._sock.settimeout(0.1)
-        self.port = self._sock.getsockname()[1]
-        t = threading.Thread(target=self._accept_loop, daemon=True, name=f"mh-credentials-{self.port}")
-        t.start()
-        self._threads.append(t)
+        self._listen()
         return self
 
     def url(self) -> str:
         return f"{'mqtts' if self.pki else 'mqtt'}://{self.host}:{self.port}"
-
-    def _accept_loop(self) -> None:
-        import threading
-
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
 
     def _handle(self, conn) -> None:
         import contextlib
@@ -179,16 +157,5 @@ class CredentialsBroker:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
-        for t in self._threads:
-            t.join(timeout=5)
-
     def __enter__(self) -> CredentialsBroker:
         return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
