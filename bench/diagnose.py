@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.backends.process import ProcessBroker
-from harness.broker import MQTT, MQTTS, MQTTS_MTLS
+from harness.brokers.backends.process import ProcessBroker
+from harness.brokers.broker import MQTT, MQTTS, MQTTS_MTLS
 from harness.diagnose import LAYERS, Options, diagnose
 from harness.pki import generate_pki
 

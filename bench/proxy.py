@@ -36,10 +36,10 @@ from types import SimpleNamespace
 
 from bench import lat_harness, perflab, report, throughput
 from bench.mosquitto import Mosquitto
-from harness.broker import BrokerError
-from harness.ports import release_ports, reserve_ports
-from harness.probe import wait_until_ready
-from harness.reaper import is_running, start_time
+from harness.brokers.broker import BrokerError
+from harness.brokers.ports import release_ports, reserve_ports
+from harness.brokers.probe import wait_until_ready
+from harness.brokers.reaper import is_running, start_time
 
 DIRECT, PROXY, NOTAP, PCAP, NOQA, SOCAT, SOCAT_NODELAY, LAB = (
     "direct", "proxy", "proxy-notap", "proxy-pcap", "proxy-noqa", "socat", "socat-nodelay", "asyncio-protocol")
@@ -165,7 +165,7 @@ class Forwarder:
         raise SystemExit(f"{self.path} did not start listening after {ATTEMPTS} attempts; see {self.log.name}")
 
     def _wait_listening(self) -> bool:
-        """Ready once a CONNACK comes back through the forwarder (harness.probe, as for brokers) and it is our
+        """Ready once a CONNACK comes back through the forwarder (harness.brokers.probe, as for brokers) and it is our
         process that listens on the port, not one that took it meanwhile."""
         proc = self.proc
 

@@ -19,7 +19,7 @@ import dataclasses
 
 import pytest
 
-from harness.broker import MQTTS_MTLS
+from harness.brokers.broker import MQTTS_MTLS
 from harness.client import Client
 from harness.core.packets import Connack, Publish
 from harness.errors import ConnectError, ConnectionClosed, Timeout, TlsError

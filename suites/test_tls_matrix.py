@@ -26,7 +26,7 @@ import ssl
 
 import pytest
 
-from harness.broker import MQTT, MQTTS, MQTTS_MTLS, BrokerUnavailable
+from harness.brokers.broker import MQTT, MQTTS, MQTTS_MTLS, BrokerUnavailable
 from harness.client import Client
 from harness.diagnose import Options, StubResolver, diagnose
 from harness.diagnose.alpn_gate import AlpnGate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.broker import LISTENER_KINDS, BrokerUnavailable
+from harness.brokers.broker import LISTENER_KINDS, BrokerUnavailable
 from harness.pki import Pki, generate_pki
 from harness.proxy.fixtures import proxy  # noqa: F401
 import strategies  # noqa: F401,E402 - registers the hypothesis profiles before --hypothesis-profile is read
@@ -19,7 +19,7 @@ def pki(tmp_path_factory) -> Pki:
 @pytest.fixture(scope="session")
 def mosquitto(pki):
     """mosquitto as a local process serving all five listener kinds (mqtt, mqtts, mqtts-mtls, ws, wss)."""
-    from harness.backends.process import ProcessBroker
+    from harness.brokers.backends.process import ProcessBroker
 
     broker = ProcessBroker("mosquitto", listeners=LISTENER_KINDS, pki=pki)
     try:

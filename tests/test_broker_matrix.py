@@ -8,13 +8,13 @@ import asyncio
 
 import pytest
 
-from harness import brokerdefs
-from harness.backends import load_backend
-from harness.broker import BrokerUnavailable
+from harness.brokers import definitions as brokerdefs
+from harness.brokers.backends import load_backend
+from harness.brokers.broker import BrokerUnavailable
 from harness.client import Client
 from harness.core.packets import Publish, Puback
 from harness.errors import MqttConnectError, TlsError
-from harness.probe import tls_args_for
+from harness.brokers.probe import tls_args_for
 from harness.transport import TlsOptions
 
 # (broker, backend): each serves the listener kinds its profile names.

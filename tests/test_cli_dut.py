@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dut_fake import make_pty
-from harness.cli_dut import flash_command
+from harness.cli.dut import flash_command
 from harness.cli import CliError
 from harness.device.lines import Message, encode_message
 from harness.device.virtual.bugs import BUGS

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.ports import release_ports, reserve_ports
+from harness.brokers.ports import release_ports, reserve_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +183,7 @@ def test_brokers_probe_of_an_unreachable_url_says_it_once_and_exits_3(closed_por
 
 
 def test_brokers_up_chooses_the_backend_as_run_does():
-    from harness import brokerdefs
+    from harness.brokers import definitions as brokerdefs
     from harness.plugin.brokers import choose_backend
 
     spec = choose_backend(brokerdefs.load("mosquitto"))

@@ -1,4 +1,4 @@
-"""`mqtt-harness diagnose` (harness.diagnose, harness.cli_diagnose): the pure parts (certificate checks, message
+"""`mqtt-harness diagnose` (harness.diagnose, harness.cli.diagnose): the pure parts (certificate checks, message
 parsing, device tables, advice), the CLI contract (--clock, --json, exit codes), the success path against a real
 TLS mosquitto, and the seed reproduction of ESPEasy's "TLS error code: -1002": a TCP connect that really takes
 longer than the device's timeout.
@@ -21,8 +21,8 @@ import pytest
 import trustme
 
 from harness.cli import main as cli_main
-from harness.cli_diagnose import add_parser, parse_clock
-from harness.cli_diagnose import run as run_cli
+from harness.cli.diagnose import add_parser, parse_clock
+from harness.cli.diagnose import run as run_cli
 from harness.diagnose import (
     EXIT_CODES,
     LAYERS,

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from harness import brokerdefs
-from harness.backends import load_backend
-from harness.discovery import PACKET_PROBE_SIZES, discover
+from harness.brokers import definitions as brokerdefs
+from harness.brokers.backends import load_backend
+from harness.brokers.discovery import PACKET_PROBE_SIZES, discover
 
 
 def test_v5_broker_declares_its_capabilities(mosquitto):

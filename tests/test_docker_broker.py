@@ -16,12 +16,12 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from harness import brokerdefs, images, reaper
-from harness.backends import docker as docker_backend
-from harness.backends.docker import DockerBroker, reap_stale_containers
-from harness.broker import LISTENER_KINDS, MQTTS, MQTTS_MTLS, BrokerError, BrokerUnavailable
-from harness.ports import port_is_free
-from harness.probe import probe_connack
+from harness.brokers import definitions as brokerdefs, images, reaper
+from harness.brokers.backends import docker as docker_backend
+from harness.brokers.backends.docker import DockerBroker, reap_stale_containers
+from harness.brokers.broker import LISTENER_KINDS, MQTTS, MQTTS_MTLS, BrokerError, BrokerUnavailable
+from harness.brokers.ports import port_is_free
+from harness.brokers.probe import probe_connack
 
 pytestmark = pytest.mark.docker
 
@@ -78,7 +78,7 @@ def start_orphan(state: Path) -> tuple[subprocess.Popen, str]:
     """A child harness process that starts a mosquitto container and then blocks until killed."""
     script = textwrap.dedent(f"""
         import sys
-        from harness.backends.docker import DockerBroker
+        from harness.brokers.backends.docker import DockerBroker
         broker = DockerBroker("mosquitto", image={LOCAL_MOSQUITTO!r}, state=sys.argv[1])
         broker.start()
         print(broker.record.id, flush=True)

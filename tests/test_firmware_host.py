@@ -18,7 +18,7 @@ from harness.device import host_build
 from harness.device.errors import DeviceError
 from harness.device.lines import Message, encode_message
 from harness.device.serial_driver import Dut
-from harness.ports import release_ports, reserve_ports
+from harness.brokers.ports import release_ports, reserve_ports
 from rawlink import RawLink
 
 pytestmark = pytest.mark.timeout(300)

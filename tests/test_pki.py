@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from harness.probe import probe_connack
+from harness.brokers.probe import probe_connack
 from harness.errors import ConnectError
 from harness.pki import CLIENT_CN, FILES, MANIFEST, STORE_PASSWORD, Pki, generate_pki
 
@@ -163,7 +163,7 @@ def test_private_keys_are_owner_only_and_certificates_readable(tmp_path):
 def test_docker_copy_of_the_keys_belongs_to_the_image_user(tmp_path):
     import stat
 
-    from harness.backends.docker import _stage_pki, image_owner
+    from harness.brokers.backends.docker import _stage_pki, image_owner
     from harness.pki import generate_pki
 
     assert image_owner("1883:1883") == (1883, 1883) and image_owner("") == (0, 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import brokerdefs
+from harness.brokers import definitions as brokerdefs
 from harness.plugin import markers
 from harness.plugin.brokers import unavailable_reason, parse_broker
 from harness.report import load

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import brokerdefs, reaper
-from harness.backends import process
-from harness.backends.process import ProcessBroker
-from harness.probe import probe_connack
-from harness.broker import MQTT, MQTTS, MQTTS_MTLS, BrokerError
-from harness.ports import port_is_free, release_ports, reserve_ports
+from harness.brokers import definitions as brokerdefs, reaper
+from harness.brokers.backends import process
+from harness.brokers.backends.process import ProcessBroker
+from harness.brokers.probe import probe_connack
+from harness.brokers.broker import MQTT, MQTTS, MQTTS_MTLS, BrokerError
+from harness.brokers.ports import port_is_free, release_ports, reserve_ports
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -183,7 +183,7 @@ def test_reserved_ports_are_distinct_across_processes(state):
     code = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {str(REPO)!r})
-        from harness.ports import reserve_ports
+        from harness.brokers.ports import reserve_ports
         print(json.dumps(reserve_ports(25, state={str(state)!r})))
         sys.stdin.read()  # hold the reservations until the test has read all of them
     """)
@@ -218,7 +218,7 @@ def test_released_and_orphaned_reservations_are_dropped(state):
 CHILD = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from harness.backends.process import ProcessBroker
+    from harness.brokers.backends.process import ProcessBroker
     broker = ProcessBroker("mosquitto", listeners=["mqtt"], detached=sys.argv[2] == "detached", state=sys.argv[3])
     broker.start()
     print(json.dumps({"pid": broker.pid, "run_dir": str(broker.run_dir), "ports": list(broker.ports.values()),

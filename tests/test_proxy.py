@@ -377,7 +377,7 @@ def test_runtime_changes_keep_connections(proxy, mosquitto):
 
 
 def test_upstream_down_closes_the_client_with_a_reason(proxy):
-    from harness.ports import release_ports, reserve_ports
+    from harness.brokers.ports import release_ports, reserve_ports
 
     [port] = reserve_ports(1)
     try:

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness.cli import main
-from harness.cli_run import summary_table
+from harness.cli.run import summary_table
 from harness.report import junit, load, save, write_reports
 from harness.report.compare import diff, merge
 from harness.report.model import Artifacts, BrokerInfo, ClientLog, Report, ReportError, Result, RunInfo

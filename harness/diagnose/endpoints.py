@@ -1,4 +1,4 @@
-"""Local endpoints that reproduce each failure cause: mosquitto processes (harness.backends.process) started
+"""Local endpoints that reproduce each failure cause: mosquitto processes (harness.brokers.backends.process) started
 with a broken certificate, a TLS version limit or password authentication, and the slow/blackholed listeners.
 
 Each variant is the mosquitto broker definition with its config templates rewritten into a private directory, so
@@ -12,9 +12,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import brokerdefs
-from harness.backends.process import ProcessBroker
-from harness.broker import MQTT, MQTTS, MQTTS_MTLS
+from harness.brokers import definitions as brokerdefs
+from harness.brokers.backends.process import ProcessBroker
+from harness.brokers.broker import MQTT, MQTTS, MQTTS_MTLS
 from harness.diagnose.certs import make_chain
 from harness.diagnose.serving import ThreadedServer
 from harness.pki import Pki

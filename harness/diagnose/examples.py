@@ -42,7 +42,7 @@ STUB = StubResolver({"localhost": ["127.0.0.1"], "broker.local": ["127.0.0.1"]})
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
-    from harness.cli_diagnose import add_parser, run
+    from harness.cli.diagnose import add_parser, run
 
     parser = argparse.ArgumentParser(prog="mqtt-harness")
     add_parser(parser.add_subparsers())

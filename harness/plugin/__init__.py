@@ -206,12 +206,12 @@ def pytest_configure(config: pytest.Config) -> None:
     limits_file = config.getoption("known_limits")
     client_tls = ClientTls(ca=config.getoption("ca"), cert=config.getoption("cert"), key=config.getoption("key"),
                            username=config.getoption("username"), password=config.getoption("password"))
-    from harness.reaper import state_dir
+    from harness.brokers.reaper import state_dir
 
     pool = devices.DevicePool(baud=config.getoption("dut_baud"), reset=config.getoption("dut_reset"),
                               handshake_timeout=config.getoption("dut_timeout"), lock_dir=state_dir() / "dut-locks")
     profile = config.getoption("profile")
-    from harness import brokerdefs
+    from harness.brokers import definitions as brokerdefs
 
     if profile and profile not in brokerdefs.names():
         raise pytest.UsageError(f"--profile {profile}: no such broker definition; use one of "

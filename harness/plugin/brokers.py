@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import brokerdefs, reaper
-from harness.backends import BACKENDS, load_backend
-from harness.broker import (
+from harness.brokers import definitions as brokerdefs, reaper
+from harness.brokers.backends import BACKENDS, load_backend
+from harness.brokers.broker import (
     LISTENER_KINDS, MQTT, MQTTS, MQTTS_MTLS, WS, WSS, Broker, BrokerError, BrokerUnavailable, Capabilities,
 )
-from harness.brokerdefs import TLS_KINDS
+from harness.brokers.definitions import TLS_KINDS
 from harness.errors import UrlError
 from harness.pki import Pki, generate_pki
-from harness.probe import run_sync
+from harness.brokers.probe import run_sync
 from harness.transport import TlsOptions
 from harness.url import parse_url
 
@@ -108,7 +108,7 @@ def _external(text: str, mtls_url: str | None) -> BrokerSpec:
 
 def docker_image(defn: brokerdefs.BrokerDef) -> tuple[str | None, str | None]:
     """(image, None) if `defn` can run in docker here: its own image when present, else the harness's locally
-    built one (see harness.images); (None, why not) otherwise."""
+    built one (see harness.brokers.images); (None, why not) otherwise."""
     try:
         docker = load_backend("docker")
     except BrokerUnavailable as exc:
@@ -118,7 +118,7 @@ def docker_image(defn: brokerdefs.BrokerDef) -> tuple[str | None, str | None]:
     reason = docker.unavailable_reason(defn)
     if reason is None:
         return defn.docker.image, None
-    from harness import images
+    from harness.brokers import images
 
     recipe = images.LOCAL_IMAGES.get(defn.name)
     if recipe is not None and docker.unavailable_reason(defn, image=recipe.tag) is None:
@@ -182,7 +182,7 @@ class BrokerUnderTest:
         self.id = spec.id
         self.name = spec.name
         self.backend = spec.backend
-        self.instance = instance  # the harness.broker.Broker for managed brokers; None for external ones
+        self.instance = instance  # the harness.brokers.broker.Broker for managed brokers; None for external ones
         self.front = None  # broken-broker mode: the harness.proxy.broken.BrokenFront its listeners go through
         self.pki = pki
         self.client_tls = client_tls
@@ -301,8 +301,8 @@ class BrokerPool:
     def _detect_profile(self, spec: BrokerSpec) -> tuple[str | None, str]:
         if self.profile:
             return self.profile, "--profile"
-        from harness.discovery import broker_version
-        from harness.probe import run_sync
+        from harness.brokers.discovery import broker_version
+        from harness.brokers.probe import run_sync
 
         urls = dict(spec.urls)
         kind = next((k for k in (MQTT, MQTTS, WS, WSS) if k in urls), None)
@@ -388,7 +388,7 @@ class BrokerPool:
         instance = load_backend(spec.backend).create(defn, listeners=listeners, pki=self.pki, **kwargs)
         instance.start(timeout=START_TIMEOUT)
         try:
-            from harness.discovery import broker_version
+            from harness.brokers.discovery import broker_version
 
             probe = next(k for k in (MQTT, MQTTS) if k in instance.urls())
             tls = TlsOptions(ca=str(self.pki.ca)) if probe == MQTTS else None
@@ -402,7 +402,7 @@ class BrokerPool:
                                product=defn.product, version=_version_number(version))
 
     def _external(self, spec: BrokerSpec) -> BrokerUnderTest:
-        from harness.discovery import discover
+        from harness.brokers.discovery import discover
 
         urls = dict(spec.urls)
         kind = next((k for k in (MQTT, MQTTS, WS, WSS, MQTTS_MTLS) if k in urls))

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from harness.broker import MQTT
+from harness.brokers.broker import MQTT
 from harness.client import Client
 from harness.core.codec import summary
 from harness.errors import HarnessError

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from harness.broker import MQTTS, MQTTS_MTLS, WS, WSS
+from harness.brokers.broker import MQTTS, MQTTS_MTLS, WS, WSS
 from harness.plugin.brokers import BrokerUnderTest
 from harness.spec import is_known, normalize_id, statement
 

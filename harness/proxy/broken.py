@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-from harness.broker import MQTT
+from harness.brokers.broker import MQTT
 from harness.proxy.direction import BOTH, DOWNSTREAM, UPSTREAM
 from harness.proxy.rules import Match, Rule, Swallow
 from harness.proxy.threaded import ThreadedProxy

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import struct
+import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from harness.core.codec import Decoder, summary
 from harness.core.packets import MQTT_3_1_1, VERSION_NAMES
@@ -25,8 +27,27 @@ from harness.proxy.framing import Framer, peek_protocol_level
 from harness.proxy.state import Close, ConnectionState, DecodeFailed, Fired, Send
 from harness.proxy.tap import Tap, entry_line
 
-if TYPE_CHECKING:
-    from harness.proxy.proxy import Proxy
+
+
+class ConnectionHost(Protocol):
+    """What a Connection needs from the proxy that accepted it. A protocol rather than an import of
+    harness.proxy.proxy, which imports this module: the connection depends on these fields, not on the class."""
+
+    _loop: asyncio.AbstractEventLoop
+    _log_lock: threading.Lock
+    mqtt: bool
+    mode: str
+    rules: list
+    rng: random.Random
+    tap_enabled: bool
+    watch_data: bool
+    quick_ack: bool
+    trace: object
+    started_at: float
+
+    def _changed(self) -> None: ...
+
+    def _event(self, conn_id: int, kind: str, text: str) -> None: ...
 
 _HIGH_WATER = 1 << 20  # bytes waiting in one direction's schedule before we stop reading its source
 _LOW_WATER = 1 << 18
@@ -197,7 +218,7 @@ class _Route:
 class Connection:
     """One proxied connection. Read its fields from any thread; change it only through the Proxy."""
 
-    def __init__(self, proxy: "Proxy", conn_id: int, client_addr: tuple, listen_addr: tuple):
+    def __init__(self, proxy: ConnectionHost, conn_id: int, client_addr: tuple, listen_addr: tuple):
         self.proxy = proxy
         self.loop = proxy._loop
         self.id = conn_id

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import HarnessError
-from harness.ports import release_ports, reserve_ports
+from harness.brokers.ports import release_ports, reserve_ports
 from harness.proxy import faults as F
 from harness.proxy.connection import Connection, addr_text, keep_reads_off_mmap
 from harness.proxy.direction import DOWNSTREAM, UPSTREAM

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from harness.core.packets import Connect
-from harness.ports import release_ports, reserve_ports
-from harness.probe import wait_until_ready
+from harness.brokers.ports import release_ports, reserve_ports
+from harness.brokers.probe import wait_until_ready
 
 from harness.device.wire import EVENT_TIMEOUT, device_entries, device_url, start_device
 

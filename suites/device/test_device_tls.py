@@ -11,7 +11,7 @@ import datetime as dt
 import pytest
 
 from harness.core.packets import Connect
-from harness.ports import release_ports, reserve_ports
+from harness.brokers.ports import release_ports, reserve_ports
 from harness.proxy.proxy import ServerTls
 
 from harness.device.wire import EVENT_TIMEOUT, device_sent, device_url, start_device

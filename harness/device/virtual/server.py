@@ -4,7 +4,7 @@ loopback sockets, one selector loop, time from time.monotonic().
 stdout carries only serial port paths, one per line: the first once the pty exists, then one per SIGUSR1
 ("unplug and replug": the old pty goes away, a new one appears, the device powers on again). Diagnostics go
 to stderr; the device log goes to the pty, as on a board. Exits 0 on SIGTERM/SIGINT and when the parent dies.
-A record in harness.reaper's state dir (owner: the parent) lets a later run reap a device a crash left behind.
+A record in harness.brokers.reaper's state dir (owner: the parent) lets a later run reap a device a crash left behind.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ class Server:
 
     def _register(self) -> None:
         try:
-            from harness.reaper import TAG_ENV, Record, start_time, write_record
+            from harness.brokers.reaper import TAG_ENV, Record, start_time, write_record
             owner_start = start_time(self.ppid)
             if owner_start is None:
                 return
@@ -250,6 +250,6 @@ class Server:
 
     def _unregister(self) -> None:
         if self.record is not None:
-            from harness.reaper import remove_record
+            from harness.brokers.reaper import remove_record
             with contextlib.suppress(OSError):
                 remove_record(self.record)

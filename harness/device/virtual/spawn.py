@@ -120,7 +120,7 @@ def spawn(bugs: Iterable[str] = (), *, resolve: Mapping[str, str] | Iterable[str
     """Start `python -m harness.device.virtual` and wait for its port path. `bugs` by name (ValueError for an
     unknown one); `resolve` as {name: ip} or ["name=ip", ...]."""
     names = parse_bugs(bugs)
-    from harness.reaper import TAG_ENV, reap_once
+    from harness.brokers.reaper import TAG_ENV, reap_once
     with contextlib.suppress(Exception):  # a crashed earlier run's devices (and brokers) go first
         reap_once()
     cmd = [sys.executable, "-m", "harness.device.virtual"]
@@ -153,5 +153,5 @@ def spawn(bugs: Iterable[str] = (), *, resolve: Mapping[str, str] | Iterable[str
 
 def _remove_record(instance: str) -> None:
     with contextlib.suppress(Exception):
-        from harness.reaper import Record, remove_record
+        from harness.brokers.reaper import Record, remove_record
         remove_record(Record(id=instance, name="", backend="process", owner_pid=0, owner_start=0))

@@ -4,7 +4,7 @@ Every backend writes a `Record` into the state dir before it starts a broker and
 `reap_leftovers()` (run once per process by the backends and the CLI) stops the brokers of records whose owner
 process is gone, removes their run dirs and deletes the records.
 
-Backend protocol: the module `harness.backends.<record.backend>` provides
+Backend protocol: the module `harness.brokers.backends.<record.backend>` provides
     stop_record(record: Record, timeout: float) -> None   # stop what the record describes; gone already is fine
     record_alive(record: Record) -> bool                  # is the broker still running?
 Process identity is checked, never assumed: a pid counts as ours only if its start time matches the record, or
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from harness.backends import load_backend
-from harness.broker import BrokerError
+from harness.brokers.backends import load_backend
+from harness.brokers.broker import BrokerError
 
 STATE_ENV = "MQTT_HARNESS_STATE_DIR"
 TAG_ENV = "MQTT_HARNESS_INSTANCE"

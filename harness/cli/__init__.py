@@ -9,16 +9,16 @@ import sys
 
 # command -> module that provides add_parser(subparsers); imported lazily so `pub` stays fast.
 COMMANDS = {
-    "pub": "harness.cli_client",
-    "sub": "harness.cli_client",
-    "brokers": "harness.cli_brokers",
-    "certs": "harness.cli_brokers",
-    "run": "harness.cli_run",
-    "report": "harness.cli_report",
-    "proxy": "harness.cli_proxy",
-    "dut": "harness.cli_dut",
-    "diagnose": "harness.cli_diagnose",
-    "statements": "harness.cli_statements",
+    "pub": "harness.cli.client",
+    "sub": "harness.cli.client",
+    "brokers": "harness.cli.brokers",
+    "certs": "harness.cli.brokers",
+    "run": "harness.cli.run",
+    "report": "harness.cli.report",
+    "proxy": "harness.cli.proxy",
+    "dut": "harness.cli.dut",
+    "diagnose": "harness.cli.diagnose",
+    "statements": "harness.cli.statements",
 }
 
 

@@ -23,7 +23,7 @@ from harness.report import FILES, ReportError, load
 from harness.report.model import ERROR, FAILED, OUTCOMES, PASSED, SKIPPED, XFAILED, XPASSED, Report
 
 SUITES_ENV = "MQTT_HARNESS_SUITES"
-CHECKOUT_SUITES = Path(__file__).resolve().parent.parent / "suites"
+CHECKOUT_SUITES = Path(__file__).resolve().parents[2] / "suites"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -155,7 +155,7 @@ def list_tests(args: argparse.Namespace) -> int:
 
 def profile_line(spec, args: argparse.Namespace) -> str:
     """Which documented limits a URL broker gets (--profile, or what it says it is), as the run will use them."""
-    from harness import brokerdefs
+    from harness.brokers import definitions as brokerdefs
     from harness.plugin.brokers import BrokerPool, ClientTls
 
     if args.profile and args.profile not in brokerdefs.names():
@@ -172,7 +172,7 @@ def profile_line(spec, args: argparse.Namespace) -> str:
 def check_reachable(spec, args: argparse.Namespace) -> None:
     """A broker given by URL that does not answer CONNECT stops the run here, once, instead of failing every test."""
     from harness.errors import ConnectError, HarnessError, MqttConnectError
-    from harness.probe import probe_connack
+    from harness.brokers.probe import probe_connack
 
     url = next((url for kind, url in spec.urls if kind in ("mqtt", "mqtts", "ws", "wss")), None)
     if url is None:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Callable
 
-from harness.broker import BrokerError
+from harness.brokers.broker import BrokerError
 from harness.client import Client
 from harness.errors import ConnectError, ConnectionClosed, MqttConnectError, Timeout
 from harness.transport import TlsOptions

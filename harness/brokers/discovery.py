@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from harness.broker import BrokerError, Capabilities
+from harness.brokers.broker import BrokerError, Capabilities
 from harness.client import Client
 from harness.core.packets import Publish
 from harness.errors import ConnectError, ConnectionClosed, DnsError, HarnessError, TcpError, Timeout

@@ -1,7 +1,7 @@
 """Process backend: a broker binary run locally with a rendered config, every listener on 127.0.0.1.
 
-Each instance gets a private run dir (config, log, data), ports from harness.ports and a record in the state dir
-so that harness.reaper can clean up after a crashed harness. start() returns once a real MQTT CONNACK came back.
+Each instance gets a private run dir (config, log, data), ports from harness.brokers.ports and a record in the state dir
+so that harness.brokers.reaper can clean up after a crashed harness. start() returns once a real MQTT CONNACK came back.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from harness import brokerdefs
-from harness.broker import Broker, BrokerError, BrokerUnavailable
-from harness.brokerdefs import BrokerDef
+from harness.brokers import definitions as brokerdefs
+from harness.brokers.broker import Broker, BrokerError, BrokerUnavailable
+from harness.brokers.definitions import BrokerDef
 from harness.pki import Pki
-from harness.probe import tls_args_for, wait_until_ready
-from harness.ports import release_ports, reserve_ports
-from harness.reaper import (
+from harness.brokers.probe import tls_args_for, wait_until_ready
+from harness.brokers.ports import release_ports, reserve_ports
+from harness.brokers.reaper import (
     TAG_ENV, Record, is_running, kill_instance, new_run_dir, reap_once, remove_record, remove_run_dir, start_time,
     tagged_pids, write_record,
 )

@@ -8,9 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
-from harness import brokerdefs, reaper
-from harness.backends import BACKENDS, load_backend
-from harness.broker import LISTENER_KINDS, BrokerError
+from harness.brokers import definitions as brokerdefs, reaper
+from harness.brokers.backends import BACKENDS, load_backend
+from harness.brokers.broker import LISTENER_KINDS, BrokerError
 from harness.cli import CliError
 from harness.pki import generate_pki
 
@@ -81,7 +81,7 @@ def _availability(defn: brokerdefs.BrokerDef, backend: str) -> str:
         return str(exc)
     check = getattr(module, "unavailable_reason", None)
     if check is None:
-        return f"harness.backends.{backend} cannot tell (no unavailable_reason())"
+        return f"harness.brokers.backends.{backend} cannot tell (no unavailable_reason())"
     return check(defn) or "available"
 
 
@@ -221,7 +221,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     import asyncio
 
-    from harness.discovery import discover
+    from harness.brokers.discovery import discover
     from harness.errors import HarnessError
     from harness.transport import TlsOptions
 

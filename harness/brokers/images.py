@@ -23,9 +23,9 @@ import docker
 import docker.errors
 import requests
 
-from harness.broker import BrokerError, BrokerUnavailable
+from harness.brokers.broker import BrokerError, BrokerUnavailable
 
-# Label keys put on images (and containers, see harness.backends.docker) the harness made.
+# Label keys put on images (and containers, see harness.brokers.backends.docker) the harness made.
 LABEL = "mqtt-harness"
 LABEL_CONTEXT = "mqtt-harness.context-sha256"
 LABEL_BINARY = "mqtt-harness.binary-sha256"

@@ -1,10 +1,10 @@
 """Docker backend: a broker in a container on the host network, every listener on 127.0.0.1.
 
 The daemon runs without bridges (`dockerd --bridge=none --iptables=false`), so containers always use
-network_mode="host" and bind the ports harness.ports reserved. The rendered config, the PKI directory
+network_mode="host" and bind the ports harness.brokers.ports reserved. The rendered config, the PKI directory
 (read-only) and a writable data dir are bind-mounted at the paths the broker definition names.
 
-Leftovers are found two ways: the reaper's records (harness.reaper, like the process backend), and the
+Leftovers are found two ways: the reaper's records (harness.brokers.reaper, like the process backend), and the
 labels on every container this backend creates, so even a container whose record is gone is removed
 once its owner process is dead.
 """
@@ -24,14 +24,14 @@ import docker
 import docker.errors
 import requests
 
-from harness import brokerdefs, images
+from harness.brokers import definitions as brokerdefs, images
 
-from harness.broker import Broker, BrokerError, BrokerUnavailable
-from harness.brokerdefs import BrokerDef
+from harness.brokers.broker import Broker, BrokerError, BrokerUnavailable
+from harness.brokers.definitions import BrokerDef
 from harness.pki import Pki
-from harness.ports import release_ports, reserve_ports
-from harness.probe import tls_args_for, wait_until_ready
-from harness.reaper import (
+from harness.brokers.ports import release_ports, reserve_ports
+from harness.brokers.probe import tls_args_for, wait_until_ready
+from harness.brokers.reaper import (
     Record, is_running, new_run_dir, reap_once, remove_record, remove_run_dir, this_process, write_record,
 )
 
@@ -334,7 +334,7 @@ def reap_stale_containers(client: docker.DockerClient | None = None) -> list[str
         removed.append(container.name)
     return removed
 
-# ---- harness.reaper protocol ----
+# ---- harness.brokers.reaper protocol ----
 
 def _record_container(record: Record):
     client = images.docker_client()

@@ -55,7 +55,7 @@ def coverage(suites: str, broker: str = "mqtt://127.0.0.1:9") -> dict[tuple[str,
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.cli_run import find_suites
+    from harness.cli.run import find_suites
     from harness.spec import statements
 
     suites = str(find_suites(Path(args.suites) if args.suites else None))

@@ -27,10 +27,10 @@ from typing import Mapping
 
 import yaml
 
-from harness.broker import LISTENER_KINDS, MQTT, MQTTS, MQTTS_MTLS, WS, WSS, BrokerError, Capabilities
+from harness.brokers.broker import LISTENER_KINDS, MQTT, MQTTS, MQTTS_MTLS, WS, WSS, BrokerError, Capabilities
 from harness.pki import Pki
 
-BROKERS_DIR = Path(__file__).resolve().parent.parent / "brokers"
+BROKERS_DIR = Path(__file__).resolve().parents[2] / "brokers"
 TLS_KINDS = (MQTTS, MQTTS_MTLS, WSS)
 PROBE_KINDS = (MQTT, MQTTS, MQTTS_MTLS)  # listener kinds a readiness probe can use (a CONNECT without WebSocket)
 SCHEMES = {MQTT: "mqtt", MQTTS: "mqtts", MQTTS_MTLS: "mqtts", WS: "ws", WSS: "wss"}

@@ -14,8 +14,8 @@ import socket
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from harness.broker import BrokerError
-from harness.reaper import is_running, state_dir, this_process
+from harness.brokers.broker import BrokerError
+from harness.brokers.reaper import is_running, state_dir, this_process
 
 MAX_ATTEMPTS = 200
 
