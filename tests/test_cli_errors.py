@@ -210,3 +210,101 @@ def test_url_broker_gets_the_profile_it_names_and_its_documented_limits_xfail(mo
     assert "XFAIL" in proc.stdout and "FAIL " not in proc.stdout.replace("XFAIL", ""), proc.stdout[-3000:]
     proc = mh(*argv[:-2], "--report-dir", str(tmp_path / "r2"), "--profile", "nats")
     assert "gets the documented limits of nats (--profile)" in proc.stdout
+
+
+@pytest.fixture
+def closes_on_subscribe(mosquitto):
+    """mosquitto behind the harness proxy, which ends the connection when a SUBSCRIBE arrives (the way a broker
+    does on a filter it will not serve), optionally after a DISCONNECT with a reason code and reason string."""
+    from harness.core.packets import Disconnect
+    from harness.proxy.rules import when
+    from harness.proxy.threaded import ThreadedProxy
+
+    proxy = ThreadedProxy(mosquitto.url()).start()
+
+    def arm(disconnect: Disconnect | None = None) -> str:
+        rule = when("SUBSCRIBE", direction="upstream")
+        if disconnect is not None:
+            rule = rule.inject(disconnect, where="before", direction="opposite")
+        proxy.add_rule(rule.close("before"))
+        return proxy.url
+    yield arm
+    proxy.stop()
+
+
+def test_broker_closing_after_a_subscription_says_what_was_sent_and_what_it_did(closes_on_subscribe):
+    url = closes_on_subscribe()
+    r = mh("sub", "--url", url, "-t", "a/b", "-t", "c/#", "-q", "1", "--timeout", "10")
+    assert r.returncode == 1, r
+    assert "SUBSCRIBE to 'a/b', 'c/#' at QoS 1 (MQTT 3.1.1) got no SUBACK: the broker" in r.stderr, r.stderr
+    assert "closed" in r.stderr and "its log says which" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_broker_disconnect_after_a_v5_subscription_is_named_with_its_reason(closes_on_subscribe):
+    from harness.core.packets import Disconnect
+
+    url = closes_on_subscribe(Disconnect(0x8F, {"reason_string": "no such filter here"}))
+    r = mh("sub", "--url", url, "-t", "x/+", "--mqtt-version", "5", "--timeout", "10")
+    assert r.returncode == 1, r
+    assert "SUBSCRIBE to 'x/+' at QoS 0 (MQTT 5) got no SUBACK: the broker sent DISCONNECT 0x8f " in r.stderr, r.stderr
+    assert "'no such filter here'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_ends_run_with_130_a_short_message_and_nothing_left_running(tmp_path, workers):
+    import os
+    import select
+    import signal
+    import time
+
+    import psutil
+
+    argv = [sys.executable, "-m", "harness", "run", "--broker", "mosquitto:process", "-n", workers,
+            "-k", "sessions or keepalive", "--report-dir", str(tmp_path / "r")]
+    # a session of its own, signalled as a whole: what a terminal does to the foreground job on Ctrl-C
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=_run_env(NO_COLOR="1"))
+    seen, deadline = [], time.monotonic() + 180
+    try:
+        while not any(line.startswith("[") and "/" in line.split("]")[0] for line in seen):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                seen.append(proc.stdout.readline())
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("mosquitto" in " ".join(p.cmdline()) for p in started if p.is_running()), started
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 130, (proc.returncode, out[-2000:], err[-2000:])
+    assert "interrupted" in out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    _, alive = psutil.wait_procs(started, timeout=20)  # gone (or going) once run has returned
+    assert not alive, [(p.pid, p.cmdline()) for p in alive if p.is_running()]
+
+
+def test_long_known_limit_reasons_are_cut_at_a_word_and_kept_whole_in_the_report(tmp_path):
+    import json
+
+    words = ("this broker keeps retained messages only after an administrator enables persistence in its "
+             "configuration file; see the vendor manual on persistence, retained messages and session state, and "
+             "the release notes of version two, which changed the defaults for anonymous listeners and for the "
+             "storage limits of retained messages considerably").split()
+    reason = " ".join(words)
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(f"mosquitto:\n  test_newer_retained_message_replaces_the_stored_one: {json.dumps(reason)}\n")
+    r = subprocess.run([sys.executable, "-m", "harness", "run", "--broker", "mosquitto:process", "-n", "0",
+                        "--mqtt-version", "5", "-k", "test_newer_retained_message_replaces_the_stored_one",
+                        "--known-limits", str(limits), "--report-dir", str(tmp_path / "r")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=_run_env(NO_COLOR="1"))
+    shown = [line.strip() for line in r.stdout.splitlines() if "known limit of" in line]
+    assert shown, r.stdout
+    for line in shown:
+        assert line.endswith(" ..."), line
+        cut = line.removesuffix(" ...").split(": ", 1)[1].split()
+        assert cut == words[:len(cut)], f"cut mid-word: {line!r}"
+    [result] = json.loads((tmp_path / "r" / "report.json").read_text())["results"]
+    assert reason in result["reason"]

@@ -205,6 +205,22 @@ def run_pub(args) -> int:
     return _run(main())
 
 
+def _closed_after_subscribe(args, client, exc: ConnectionClosed) -> str:
+    """What was sent and what the broker did: a bare 'connection closed' leaves the user guessing which filter
+    (or option) the broker objected to."""
+    from harness.core.reason_codes import reason_name
+
+    sent = ", ".join(repr(t) for t in args.topic)
+    did = str(exc) or "closed the connection"
+    if client.server_disconnect is not None:
+        code = client.server_disconnect.reason_code
+        said = client.server_disconnect.properties.get("reason_string")
+        did = f"sent DISCONNECT {code:#04x} ({reason_name(code)})" + (f": {said!r}" if said else "")
+    return (f"SUBSCRIBE to {sent} at QoS {args.qos} (MQTT {args.mqtt_version}) got no SUBACK: the broker {did}. "
+            "A broker closes the connection on a filter or QoS it will not serve (an ACL, a $-prefix or a "
+            "shared subscription it does not support); its log says which")
+
+
 def run_sub(args) -> int:
     validate(args, "sub")
     connect_timeout = 10.0 if args.timeout is None else args.timeout
@@ -213,7 +229,10 @@ def run_sub(args) -> int:
         client = await _connect(args, connect_timeout)
         received = 0
         try:
-            suback = await client.subscribe([(t, args.qos) for t in args.topic], timeout=connect_timeout)
+            try:
+                suback = await client.subscribe([(t, args.qos) for t in args.topic], timeout=connect_timeout)
+            except ConnectionClosed as exc:
+                raise ConnectionClosed(_closed_after_subscribe(args, client, exc)) from None
             refused = [t for t, rc in zip(args.topic, suback.reason_codes) if rc >= 0x80]
             if refused:
                 raise HarnessError(f"broker refused the subscription to {', '.join(refused)}")
