@@ -308,3 +308,28 @@ def test_long_known_limit_reasons_are_cut_at_a_word_and_kept_whole_in_the_report
         assert cut == words[:len(cut)], f"cut mid-word: {line!r}"
     [result] = json.loads((tmp_path / "r" / "report.json").read_text())["results"]
     assert reason in result["reason"]
+
+
+def test_tls_hints_name_the_flags_the_user_types(mosquitto, pki):
+    from harness.brokers.broker import MQTTS
+
+    url = mosquitto.url(MQTTS)
+    unknown = mh("pub", "--url", url, "-t", "a", "-m", "x", "--timeout", "10")  # no --ca: system store
+    assert unknown.returncode == 1, unknown
+    assert "--ca FILE" in unknown.stderr, unknown.stderr
+    wrong_host = mh("pub", "--url", url.replace("127.0.0.1", "localhost"), "--sni", "not-this-host.test",
+                    "--ca", str(pki.ca), "-t", "a", "-m", "x", "--timeout", "10")
+    assert wrong_host.returncode == 1, wrong_host
+    assert "--insecure" in wrong_host.stderr or "--sni" in wrong_host.stderr, wrong_host.stderr
+    for r in (unknown, wrong_host):
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_run_defaults_to_one_worker_per_core_with_xdist_and_n_0_turns_it_off():
+    default = mh("run", "--broker", "mosquitto:process", "-k", "zzz_no_such_test")
+    assert default.returncode == 2
+    [argv] = [line for line in default.stdout.splitlines() if line.startswith("pytest ")]
+    assert argv.endswith(" -n auto") or " -n auto " in argv, argv
+    serial = mh("run", "--broker", "mosquitto:process", "-k", "zzz_no_such_test", "-n", "0")
+    [argv] = [line for line in serial.stdout.splitlines() if line.startswith("pytest ")]
+    assert "-n auto" not in argv, argv
