@@ -5,7 +5,7 @@ test that does not ask for its fixtures (`broker`, `mqtt_version`, `client_facto
 The suite-author guide is suites/README.md; the report format is harness/report/SCHEMA.md.
 
 Fixtures   broker (session, one per --broker), mqtt_version ("3.1.1"/"5"), client_factory, topic, pki/certs,
-           keepalive_seconds, dut (one per --dut), duts (all of them)
+           keepalive_seconds, measure (a measured quantity for the report), dut (one per --dut), duts (all of them)
 Markers    spec(...), requires(...), v5_only, v311_only, timeout(seconds)
 Helpers    harness.expect: expect_packet, expect_nothing, expect_closed, mark
 """
@@ -39,7 +39,7 @@ from harness.plugin.brokers import (
     unavailable_reason,
 )
 from harness.plugin.clients import ClientFactory, client_logs, format_logs
-from harness.plugin.results import ResultCollector
+from harness.plugin.results import ResultCollector, measure  # noqa: F401  (measure: a fixture)
 
 SUITE_FIXTURES = ("broker", "mqtt_version", "client_factory", "dut", "duts")
 MAX_BROKER_LOG = 20_000  # characters of broker log kept per failing test

@@ -1,11 +1,13 @@
 """Turns pytest's per-phase test reports into report Results (in the controlling process, also under xdist).
 
 Worker processes attach a `mqtt_harness` dict to each report of a suite test (xdist carries report attributes to
-the controller); this module only reads those and pytest's own report fields.
+the controller); this module only reads those and pytest's own report fields. Measurements (the `measure` fixture)
+travel as pytest user properties, which every phase report carries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 import re
@@ -20,11 +22,32 @@ import pytest
 
 import harness
 from harness.report.model import (
-    ERROR, FAILED, PASSED, SKIPPED, XFAILED, XPASSED, Artifacts, BrokerInfo, ClientLog, DeviceInfo, Report, Result,
-    RunInfo, now_iso,
+    ERROR, FAILED, PASSED, SKIPPED, XFAILED, XPASSED, Artifacts, BrokerInfo, ClientLog, DeviceInfo, Measurement,
+    Report, Result, RunInfo, now_iso,
 )
 
 MAX_FAILURE_TEXT = 30_000
+MEASUREMENT_PROPERTY = "mqtt_harness_measurement"  # user property name of a `measure` record
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@pytest.fixture
+def measure(record_property):
+    """`measure(name, value, unit, *, label="", ratio=None, ratio_of="", samples=(), warning=None)` records a
+    quantity the test measured (report.json: results[].measurements, summed up per broker in
+    summary.measurements; report.html shows it). `ratio` is the value as a multiple of `ratio_of` ("keepalive
+    2 s"); `warning` marks a value the spec allows but a reader should see. Record before asserting on the value,
+    so a failing result still carries it. Returns the Measurement."""
+    def record(name: str, value: float, unit: str, *, label: str = "", ratio: float | None = None,
+               ratio_of: str = "", samples=(), warning: str | None = None) -> Measurement:
+        if not _NAME.match(name):
+            raise ValueError(f"measurement name {name!r}: use lower case letters, digits and _ (keepalive_window)")
+        measurement = Measurement(name, round(float(value), 6), unit, label,
+                                  None if ratio is None else round(float(ratio), 4), ratio_of,
+                                  [round(float(x), 6) for x in samples], warning)
+        record_property(MEASUREMENT_PROPERTY, dataclasses.asdict(measurement))
+        return measurement
+    return record
 
 
 class ResultCollector:
@@ -40,6 +63,7 @@ class ResultCollector:
         self.devices: dict[str, DeviceInfo] = {}
         self.workers: set[str] = set()
         self.reruns: dict[str, int] = {}
+        self._properties_seen: dict[str, int] = {}  # user properties of earlier (rerun) attempts, per node id
         self._pending: dict[str, dict[str, Any]] = {}
 
     def add_collect_error(self, report: pytest.CollectReport) -> None:
@@ -60,6 +84,7 @@ class ResultCollector:
         nodeid = report.nodeid
         if report.outcome == "rerun":
             self.reruns[nodeid] = self.reruns.get(nodeid, 0) + 1
+            self._properties_seen[nodeid] = len(report.user_properties)  # the item keeps them across attempts
             self._pending.pop(nodeid, None)
             return None
         state = self._pending.setdefault(nodeid, {"outcome": None, "reason": "", "duration": 0.0, "failure": None})
@@ -73,6 +98,8 @@ class ResultCollector:
             state["duration"] = report.duration
             if xfail is not None:
                 state.update(outcome=XFAILED if report.skipped else XPASSED, reason=xfail)
+                if report.skipped and report.longrepr is not None:  # the assertion that shows the limit still holds
+                    state["failure"] = report.longreprtext
             elif report.failed:
                 state.update(outcome=FAILED, reason=_crash(report), failure=report.longreprtext)
             elif report.skipped:
@@ -99,11 +126,16 @@ class ResultCollector:
             broker_log=raw.get("broker_log"), expected=raw.get("expected"), actual=list(raw.get("actual") or []),
             failure=failure[:MAX_FAILURE_TEXT] if failure else None,
             device_log=raw.get("device_log"), device_events=list(raw.get("device_events") or []))
+        properties = list(report.user_properties)
+        seen = self._properties_seen.pop(report.nodeid, 0)
+        properties = properties[seen:] if seen <= len(properties) else properties  # (a plugin that resets them)
+        measurements = [Measurement(**value) for key, value in properties if key == MEASUREMENT_PROPERTY]
         result = Result(
             test=payload["test"], nodeid=report.nodeid, area=payload["area"], broker=payload["broker"],
             mqtt_version=payload["mqtt_version"], outcome=state["outcome"] or ERROR,
             statements=list(payload["statements"]), duration=round(state["duration"], 6), reason=state["reason"],
-            reruns=self.reruns.get(report.nodeid, 0), artifacts=artifacts, device=payload.get("device"))
+            reruns=self.reruns.get(report.nodeid, 0), artifacts=artifacts, device=payload.get("device"),
+            measurements=measurements)
         self.results[report.nodeid] = result
         return result
 

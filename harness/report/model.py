@@ -20,6 +20,7 @@ PASSED, FAILED, SKIPPED, ERROR, XFAILED, XPASSED = "passed", "failed", "skipped"
 OUTCOMES = (PASSED, FAILED, ERROR, XPASSED, XFAILED, SKIPPED)
 # Outcomes that make a run fail (a strict xfail that passes is reported by pytest as failed).
 FAILING = (FAILED, ERROR)
+SLOWEST = 10  # results listed in summary.slowest
 
 
 def now_iso() -> str:
@@ -62,6 +63,23 @@ class Artifacts:
 
 
 @dataclass
+class Measurement:
+    """A quantity a test measured on the broker, e.g. how long it let a silent client live (the keepalive window).
+
+    Recorded by the `measure` fixture of the pytest plugin; kept whatever the outcome, so a failing or known-limit
+    result still says what was measured."""
+
+    name: str  # e.g. "keepalive_window"
+    value: float  # in `unit`
+    unit: str  # e.g. "s"
+    label: str = ""  # what was measured, in words
+    ratio: float | None = None  # value as a multiple of a reference quantity (e.g. 1.52 x the keepalive) ...
+    ratio_of: str = ""  # ... and which: "keepalive 2 s"
+    samples: list[float] = field(default_factory=list)  # every sample when value sums up several (e.g. the minimum)
+    warning: str | None = None  # allowed, but worth a reader's attention (shown in the reports, not a failure)
+
+
+@dataclass
 class Result:
     """One test run against one broker at one MQTT version."""
 
@@ -77,6 +95,7 @@ class Result:
     reruns: int = 0  # times a rerun plugin ran it again before this outcome
     artifacts: Artifacts = field(default_factory=Artifacts)
     device: str | None = None  # DeviceInfo.id for device tests
+    measurements: list[Measurement] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -157,12 +176,41 @@ class Report:
     def failed(self) -> bool:
         return any(r.outcome in FAILING for r in self.results)
 
+    def slowest(self, n: int = SLOWEST) -> list[Result]:
+        """The `n` results that took longest (test body), longest first; ties in report order."""
+        timed = [r for r in self.results if r.broker is not None]
+        return sorted(timed, key=lambda r: -r.duration)[:n]
+
+    def measured(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per broker and measurement name, over every result that measured it: unit, count, min/max of value
+        and ratio, what the ratio is of, and the warnings ({broker id: {name: {...}}})."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for result in self.results:
+            for m in result.measurements:
+                if result.broker is None:
+                    continue
+                entry = out.setdefault(result.broker, {}).setdefault(m.name, {
+                    "unit": m.unit, "count": 0, "min": m.value, "max": m.value, "min_ratio": None,
+                    "max_ratio": None, "ratio_of": [], "warnings": 0})
+                entry["count"] += 1
+                entry["min"], entry["max"] = min(entry["min"], m.value), max(entry["max"], m.value)
+                if m.ratio is not None:
+                    entry["min_ratio"] = m.ratio if entry["min_ratio"] is None else min(entry["min_ratio"], m.ratio)
+                    entry["max_ratio"] = m.ratio if entry["max_ratio"] is None else max(entry["max_ratio"], m.ratio)
+                if m.ratio_of and m.ratio_of not in entry["ratio_of"]:
+                    entry["ratio_of"].append(m.ratio_of)
+                entry["warnings"] += m.warning is not None
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         data = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
         data["summary"] = {
             "total": len(self.results),
             "outcomes": self.counts(),
             "by_broker": {b.id: self.counts(r for r in self.results if r.broker == b.id) for b in self.brokers},
+            "slowest": [{"nodeid": r.nodeid, "test": r.test, "broker": r.broker, "mqtt_version": r.mqtt_version,
+                         "device": r.device, "outcome": r.outcome, "duration": r.duration} for r in self.slowest()],
+            "measurements": self.measured(),
         }
         return data
 
@@ -186,6 +234,7 @@ def _result(data: dict[str, Any]) -> Result:
     raw = data.get("artifacts") or {}
     result.artifacts = _build(Artifacts, raw)
     result.artifacts.clients = [_build(ClientLog, c) for c in raw.get("clients", [])]
+    result.measurements = [_build(Measurement, m) for m in data.get("measurements", [])]
     return result
 
 
@@ -216,6 +265,11 @@ def summary_problems(data: dict[str, Any]) -> list[str]:
         said = (stored.get("by_broker") or {}).get(broker)
         if said is not None and said != counts:
             problems.append(f"summary.by_broker.{broker} does not match its results")
+    # Derived lists that older reports do not have: checked where present.
+    if "slowest" in stored and stored["slowest"] != actual["slowest"]:
+        problems.append("summary.slowest is not the ten slowest results")
+    if "measurements" in stored and stored["measurements"] != actual["measurements"]:
+        problems.append("summary.measurements does not match the results' measurements")
     return problems
 
 
