@@ -44,4 +44,33 @@ def test_statements_lists_covered_and_uncovered_with_totals():
     assert len(covered) + len(uncovered) == 141 and all(r["tests"] for r in covered)
     assert not any(r["tests"] for r in uncovered)
     text = mh("statements", "--version", "3.1.1", "--uncovered").stdout
-    assert f"MQTT 3.1.1: {len(covered)} of 141 statements covered by a test, {len(uncovered)} not" in text
+    assert f"MQTT 3.1.1: {len(covered)} of 141 statements covered by a test, {len(uncovered)} not: " in text
+
+
+def test_uncovered_sorts_work_left_from_untestable_and_client_side():
+    """--uncovered tells the work left (server-side, testable) from statements no broker test can check: those
+    untestable from outside (with the catalogue's reason) and client-side ones (the device suites' part)."""
+    rows = json.loads(mh("statements", "--json", "--uncovered").stdout)
+    statuses = {(r["version"], r["id"]): r["status"] for r in rows}
+    assert statuses[("3.1.1", "MQTT-7.0.0-1")] == "untestable"  # bridging: outbound connections
+    assert statuses[("5", "MQTT-4.6.0-2")] == "client"          # the Client's PUBACK order
+    for r in rows:
+        assert not r["tests"]
+        want = "client" if r["side"] == "client" else ("untestable" if r["untestable"] else "uncovered")
+        assert r["status"] == want, r
+    text = mh("statements", "--uncovered").stdout
+    work, untestable, client = (text.index("== " + t) for t in (
+        "server-side, testable, no test yet", "untestable from outside the broker", "client-side"))
+    assert work < untestable < client
+    assert "why: concerns a Server's outbound connections" in text
+    counts = {s: sum(1 for r in rows if r["version"] == "5" and r["status"] == s)
+              for s in ("uncovered", "untestable", "client")}
+    assert (f"{counts['uncovered']} server-side testable (work left), {counts['untestable']} untestable from outside "
+            f"the broker, {counts['client']} client-side") in text
+
+
+def test_no_statement_is_both_covered_and_untestable():
+    """A test that checks a statement marked untestable means the reason is wrong (or the test claims too much)."""
+    rows = json.loads(mh("statements", "--json", "--covered").stdout)
+    both = [(r["version"], r["id"]) for r in rows if r["untestable"]]
+    assert not both, f"covered by a test yet marked untestable in the catalogue: {both}"

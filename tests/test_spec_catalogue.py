@@ -105,3 +105,35 @@ def test_statements_are_frozen_and_copies():
         stmt.text = "changed"  # type: ignore[misc]
     spec.statements("5").clear()
     assert len(spec.statements("5")) == EXPECTED_COUNTS["5"]
+
+
+# Reasons that say nothing about the statement: a reason must name what makes it unobservable from outside.
+VAGUE_REASONS = ("untestable", "not testable", "cannot be tested", "hard to test", "n/a", "todo", "internal")
+
+
+@pytest.mark.parametrize("filename", ["statements-3.1.1.json", "statements-5.0.json"])
+def test_entries_have_only_known_fields(filename):
+    doc = json.loads(resources.files("harness.spec").joinpath(filename).read_text(encoding="utf-8"))
+    known = {"id", "section", "text", "body_text", "aliases", "side", "untestable"}
+    for item in doc["statements"]:
+        assert set(item) <= known, (item["id"], set(item) - known)
+        assert item.get("side", "server") in spec.SIDES, item["id"]
+
+
+@pytest.mark.parametrize("version", sorted(EXPECTED_COUNTS))
+def test_untestable_reasons_are_specific_and_only_on_server_statements(version):
+    for s in spec.statements(version):
+        if s.untestable is None:
+            continue
+        assert s.side == "server", f"{s.id}: a client-side statement needs no untestable reason (device suites)"
+        reason = s.untestable
+        assert reason == reason.strip() and len(reason) >= 60, f"{s.id}: reason too short to say why: {reason!r}"
+        assert reason.lower() not in VAGUE_REASONS and not reason.lower().startswith(VAGUE_REASONS), (s.id, reason)
+
+
+def test_side_and_untestable_are_loaded():
+    assert spec.statement("MQTT-4.6.0-2", "3.1.1").side == "client"  # "Client MUST send PUBACK packets in order"
+    assert spec.statement("MQTT-3.3.2-7", "5").side == "server"      # the default
+    assert spec.statement("MQTT-3.3.2-7", "5").untestable is None
+    assert "bridg" in spec.statement("MQTT-7.0.0-1", "3.1.1").untestable
+    assert "Authentication Method" in spec.statement("MQTT-4.12.0-2", "5").untestable

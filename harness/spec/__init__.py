@@ -8,6 +8,11 @@ version ("3.1.1" or "5"; "5.0" is accepted too). Without one, `statement()` pref
 back to 3.1.1; `lookup()` returns every version that has the ID. IDs are accepted with or without
 the brackets the spec prints ("[MQTT-3.3.1-6]"), in any case, and in the malformed forms the spec
 itself prints for a few statements (e.g. "MQTT-3.1.2.7" for MQTT-3.1.2-7 in 3.1.1).
+
+Two optional fields say how a statement can be checked: "side": "client" marks a statement that binds the Client
+only (the device suites check those; the broker suites cannot), and "untestable" gives the reason a server-side
+statement cannot be checked from outside the broker. tests/test_spec_catalogue.py validates both, and
+`mqtt-harness statements --uncovered` sorts what no test covers by them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from harness.errors import HarnessError
 VERSIONS = ("5", "3.1.1")  # lookup order when no version is given
 _FILES = {"5": "statements-5.0.json", "3.1.1": "statements-3.1.1.json"}
 _VERSION_NAMES = {"5": "5", "5.0": "5", "3.1.1": "3.1.1"}
+SIDES = ("server", "client")  # "server": binds the Server (alone or with the Client); the default
 ID_PATTERN = re.compile(r"MQTT-\d+\.\d+\.\d+-\d+")
 
 
@@ -36,7 +42,9 @@ class Statement:
 
     `text` is the appendix wording. `body_text` is set only where the normative body says something
     different in meaning (the appendix is non-normative and truncates or inverts a few statements).
-    `aliases` are other spellings of the ID printed in the spec.
+    `aliases` are other spellings of the ID printed in the spec. `side` is "client" for a statement that binds
+    the Client only, else "server". `untestable` is why a server-side statement cannot be checked from outside
+    the broker (None: a suite test can check it).
     """
 
     id: str
@@ -45,6 +53,8 @@ class Statement:
     text: str
     body_text: str | None = None
     aliases: tuple[str, ...] = ()
+    side: str = "server"
+    untestable: str | None = None
 
 
 def normalize_id(statement_id: str) -> str:
@@ -71,6 +81,8 @@ def _load(version: str) -> tuple[dict[str, Statement], tuple[Statement, ...]]:
             text=item["text"],
             body_text=item.get("body_text"),
             aliases=tuple(item.get("aliases", ())),
+            side=item.get("side", "server"),
+            untestable=item.get("untestable"),
         )
         for item in raw["statements"]
     )
