@@ -12,18 +12,38 @@ Each function reads the client's packet log (so the client must keep one: the de
 per client: a packet, once matched, is not matched again, and expect_nothing() looks at everything received since
 the last expectation. `mark(client)` moves that position to the end (everything so far is accounted for). These
 positions are independent of Client.receive(): use one style per client in a test.
+
+Failing at once. expect_packet() waits up to its timeout for the packet, but fails as soon as what arrived rules it
+out, so a wrong answer costs a round trip, not the whole timeout:
+- the connection closed (checked whenever the client closes, not only when bytes arrive);
+- the broker sent a DISCONNECT on the client's current connection and it is not the expected packet: nothing may
+  follow a DISCONNECT on that connection [MQTT-3.14.4-1, MQTT-3.14.4-2];
+- a CONNACK that disagrees, when a CONNACK is expected: one per connection [MQTT-3.2.0-2];
+- an acknowledgement of the expected kind carrying the expected `packet_id` (PUBACK, PUBREC, PUBREL, PUBCOMP,
+  SUBACK, UNSUBACK) whose other fields disagree, once it answers the last request with that packet id the client
+  sent on this connection (as many such answers as requests): the broker answers each request once, so no other
+  can come. An ack of another packet id, or a PUBLISH, never rules anything out: more of those may follow.
+Packets of an earlier connection rule nothing out (the client may have reconnected since). Everything else waits
+for the timeout, as before: a test passes exactly when it passed before, only failures come sooner.
+
+A failure's first line (the report's reason) names what was expected and the received packet that came closest,
+decoded (`decoded()`: type, packet id, topic, QoS, flags, reason codes with their names, properties and a payload
+preview), with the fields that differ.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import weakref
 from typing import Any, Callable, Iterable
 
 from harness.client import Client
-from harness.core.codec import summary
-from harness.core.packets import Disconnect, Pingresp, Publish, Pubrel
+from harness.core.packets import (
+    Connack, Disconnect, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Unsuback, Unsubscribe,
+)
+from harness.core.reason_codes import ConnackReturnCode, reason_name
 from harness.errors import ConnectionClosed, HarnessError, Timeout
 from harness.packet_log import IN, LogEntry
 
@@ -32,6 +52,7 @@ UNSOLICITED = (Publish, Disconnect)
 _cursors: "weakref.WeakKeyDictionary[Client, int]" = weakref.WeakKeyDictionary()
 _events: "weakref.WeakKeyDictionary[Client, asyncio.Event]" = weakref.WeakKeyDictionary()
 _SHOWN = 12  # packets listed as "received instead"
+_PREVIEW = 32  # payload bytes shown in a decoded packet
 
 
 class ExpectationFailed(AssertionError):
@@ -60,7 +81,8 @@ async def expect_packet(client: Client, kind: type, match: Callable[[Any], bool]
                         timeout: float | None = None, **fields: Any) -> Any:
     """Wait for the next received packet of `kind` whose `fields` (and `match`: a predicate or a dict of fields)
     agree; return it. Fields compare with ==, except `properties`, which must contain the given items.
-    Fails with ExpectationFailed showing the expectation, what arrived instead, and the packet log."""
+    Fails with ExpectationFailed showing the expectation, what arrived instead, and the packet log: after `timeout`,
+    or at once when the connection closes or a received packet rules the expectation out (module docstring)."""
     __tracebackhide__ = True
     if isinstance(match, dict):
         fields, match = {**match, **fields}, None
@@ -74,23 +96,25 @@ async def expect_packet(client: Client, kind: type, match: Callable[[Any], bool]
         entries = _entries(client)
         for index in range(scanned, len(entries)):
             entry = entries[index]
-            if entry.direction == IN and isinstance(entry.packet, kind) and _agrees(entry.packet, fields, match):
+            if entry.direction != IN or entry.packet is None:
+                continue
+            if isinstance(entry.packet, kind) and _agrees(entry.packet, fields, match):
                 _cursors[client] = index + 1
                 return entry.packet
+            why = _rules_out(client, entries, index, kind, fields)
+            if why:
+                _fail(client, f"{client.name}: expected {expected}, but {why}", expected, entries[start:index + 1],
+                      kind, fields, match, shown=entry.packet)
         scanned = len(entries)
         if client.is_closed:
             reason = await client.wait_closed(0)
             _fail(client, f"{client.name}: expected {expected}, but the connection closed ({reason})",
-                  expected, entries[start:], kind, fields)
+                  expected, entries[start:], kind, fields, match)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             _fail(client, f"{client.name}: expected {expected} within {timeout:g}s", expected, entries[start:],
-                  kind, fields)
-        event.clear()
-        try:
-            await asyncio.wait_for(event.wait(), remaining)
-        except asyncio.TimeoutError:
-            pass
+                  kind, fields, match)
+        await _news(client, event, remaining)
 
 
 async def expect_nothing(client: Client, kinds: tuple[type, ...] = UNSOLICITED, *,
@@ -109,33 +133,35 @@ async def expect_nothing(client: Client, kinds: tuple[type, ...] = UNSOLICITED, 
                   if e.direction == IN and (e.packet is None or isinstance(e.packet, kinds))]
     if unexpected:
         _fail(client, f"{client.name}: expected no {shown} before the PINGRESP barrier, got {len(unexpected)}",
-              f"nothing ({shown}), then PINGRESP", unexpected, None, {})
+              f"nothing ({shown}), then PINGRESP", unexpected, None, {}, shown=unexpected[0].packet or unexpected[0])
 
 
 async def collect(client: Client, count: int, *, after: Client | Iterable[Client] = (),
-                  timeout: float | None = None) -> list[Publish]:
-    """Wait until `count` PUBLISH packets arrived since the last expectation (or `timeout` passed), then take a
-    PINGREQ barrier (`after` clients ping first, as in expect_nothing) and return every PUBLISH received since the
-    last expectation, up to the barrier, in order. For checks on a whole set of deliveries (order, duplicates,
-    which topics): arriving short is not a failure here, the caller's assertion says what is missing."""
+                  timeout: float | None = None, idle: float | None = None) -> list[Publish]:
+    """Wait until `count` PUBLISH packets arrived since the last expectation (or `timeout` passed, or the connection
+    closed), then take a PINGREQ barrier (`after` clients ping first, as in expect_nothing) and return every PUBLISH
+    received since the last expectation, up to the barrier, in order. For checks on a whole set of deliveries
+    (order, duplicates, which topics): arriving short is not a failure here, the caller's assertion says what is
+    missing. `idle`: also stop waiting once no PUBLISH arrived for this long (a long `timeout` for a big burst then
+    bounds the whole delivery, `idle` each next message, so one that is never coming does not hold up the rest)."""
     __tracebackhide__ = True
     timeout = client.timeout if timeout is None else timeout
     deadline = time.monotonic() + timeout
     start = scanned = _cursors.get(client, 0)
     arrived = 0
+    last_arrival = time.monotonic()
     event = _event(client)
     while not client.is_closed:
         entries = _entries(client)
-        arrived += sum(1 for e in entries[scanned:] if e.direction == IN and isinstance(e.packet, Publish))
+        new = sum(1 for e in entries[scanned:] if e.direction == IN and isinstance(e.packet, Publish))
+        if new:
+            arrived, last_arrival = arrived + new, time.monotonic()
         scanned = len(entries)
-        remaining = deadline - time.monotonic()
+        until = deadline if idle is None else min(deadline, last_arrival + idle)
+        remaining = until - time.monotonic()
         if arrived >= count or remaining <= 0:
             break
-        event.clear()
-        try:
-            await asyncio.wait_for(event.wait(), remaining)
-        except asyncio.TimeoutError:
-            pass
+        await _news(client, event, remaining)
     entries, barrier = await _barrier(client, after, timeout, f"expected {count} PUBLISH and a PINGRESP")
     return [e.packet for e in entries[start:barrier] if e.direction == IN and isinstance(e.packet, Publish)]
 
@@ -238,23 +264,132 @@ def _describe(kind: type, fields: dict[str, Any], match: Callable | None) -> str
     return f"{kind.__name__.upper()}({', '.join(parts)})"
 
 
+async def _news(client: Client, event: asyncio.Event, timeout: float) -> None:
+    """Wait until the client's log records bytes or its connection closes, or `timeout` passes."""
+    event.clear()
+    if client.is_closed:
+        return
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(client.wait_closed(timeout + 1))]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+# What a request with a packet id is answered with: (the request as the client sends it, the answer's kind).
+_ANSWERS: dict[type, Callable[[Any], bool]] = {
+    Puback: lambda p: isinstance(p, Publish) and p.qos == 1,
+    Pubrec: lambda p: isinstance(p, Publish) and p.qos == 2,
+    Pubrel: lambda p: isinstance(p, Pubrec),
+    Pubcomp: lambda p: isinstance(p, Pubrel),
+    Suback: lambda p: isinstance(p, Subscribe),
+    Unsuback: lambda p: isinstance(p, Unsubscribe),
+}
+
+
+def _rules_out(client: Client, entries: list[LogEntry], index: int, kind: type, fields: dict[str, Any]) -> str:
+    """Why the received packet entries[index] (which does not agree with the expectation) means the expected
+    packet cannot come any more on this connection; "" if it still can (the rules are in the module docstring)."""
+    entry = entries[index]
+    packet, connection = entry.packet, entry.connection
+    if connection != client.log.connection:
+        return ""
+    if isinstance(packet, Disconnect):
+        return f"the broker sent {decoded(packet)}, which ends the connection [MQTT-3.14.4-1]"
+    if not isinstance(packet, kind):
+        return ""
+    if kind is Connack:
+        return f"the connection's one CONNACK is {decoded(packet)} [MQTT-3.2.0-2]"
+    request = _ANSWERS.get(kind)
+    if request is None or "packet_id" not in fields or packet.packet_id != fields["packet_id"]:
+        return ""
+    pid = packet.packet_id
+    sent = sum(1 for e in entries if e.connection == connection and e.direction != IN and e.packet is not None
+               and request(e.packet) and getattr(e.packet, "packet_id", None) == pid)
+    answers = sum(1 for e in entries[:index + 1] if e.connection == connection and e.direction == IN
+                  and isinstance(e.packet, kind) and e.packet.packet_id == pid)
+    if answers < sent:
+        return ""  # the same packet id was sent again (e.g. a DUP resend): its answer may still be the expected one
+    return f"the broker answered packet id {pid} with {decoded(packet)} and owes no other {kind.__name__.upper()} for it"
+
+
+def decoded(packet: Any) -> str:
+    """One packet, decoded, with its fields named as expect_packet's keywords: type, packet id, topic, QoS, flags,
+    reason code(s) with their names, properties, and the first bytes of the payload."""
+    if packet is None:
+        return "nothing"
+    if isinstance(packet, LogEntry):  # bytes that did not decode
+        return f"UNDECODABLE {packet.raw[:_PREVIEW].hex(' ')} ({packet.error})"
+    parts = []
+    payload = None
+    for f in dataclasses.fields(packet):
+        name, value = f.name, getattr(packet, f.name)
+        if name == "payload":
+            payload = value
+        elif name == "properties":
+            if value:
+                parts.append(f"properties={value!r}")
+        elif value is None or (name in ("reserved", "reserved_flags") and not value):
+            continue  # absent (QoS 0 packet id, no user name) or the must-be-zero bits being zero
+        elif name == "reason_code":
+            parts.append(f"reason_code={_code(packet, value)}")
+        elif name == "reason_codes":
+            parts.append("reason_codes=[" + ", ".join(f"0x{c:02X} {reason_name(c)}" for c in value) + "]")
+        elif name == "password":
+            parts.append(f"password=({len(value)} B)")
+        elif name == "will":
+            parts.append(f"will={decoded(value)}")
+        else:
+            parts.append(f"{name}={value!r}")
+    if payload is not None:
+        more = "..." if len(payload) > _PREVIEW else ""
+        parts.append(f"payload={bytes(payload[:_PREVIEW])!r}{more} ({len(payload)} B)")
+    name = getattr(getattr(packet, "TYPE", None), "name", None) or type(packet).__name__.upper()
+    return f"{name}({', '.join(parts)})"
+
+
+def _code(packet: Any, code: int) -> str:
+    if isinstance(packet, Connack) and 0 < code <= max(ConnackReturnCode):  # an MQTT 3.1.x return code
+        return f"{code} {ConnackReturnCode(code).name}"
+    return f"0x{code:02X} {reason_name(code)}"
+
+
 def _fail(client: Client, headline: str, expected: str, entries: list[LogEntry], kind: type | None,
-          fields: dict[str, Any]):
+          fields: dict[str, Any], match: Callable[[Any], bool] | None = None, *, shown: Any = None):
     __tracebackhide__ = True
     received = [e for e in entries if e.direction == IN]
     same_kind = [e for e in received if kind is not None and isinstance(e.packet, kind)]
-    shown = same_kind or received
+    listed = same_kind or received
     actual = []
-    for e in shown[:_SHOWN]:
-        line = summary(e.packet) if e.packet is not None else f"UNDECODABLE {e.raw[:32].hex(' ')} ({e.error})"
-        diff = _mismatches(e.packet, fields) if e.packet is not None and same_kind else []
-        actual.append(line + (f"   <- {'; '.join(diff)}" if diff else ""))
-    if len(shown) > _SHOWN:
-        actual.append(f"... and {len(shown) - _SHOWN} more")
+    for e in listed[:_SHOWN]:
+        diff = _differences(e.packet, fields, match) if e.packet is not None and same_kind else []
+        actual.append(decoded(e.packet if e.packet is not None else e) + (f"   <- {'; '.join(diff)}" if diff else ""))
+    if len(listed) > _SHOWN:
+        actual.append(f"... and {len(listed) - _SHOWN} more")
     if same_kind:
         what = "received instead"
     else:
         what = "received since the last expectation" + (" (none of that kind)" if kind is not None else "")
+    # The reason line names one received packet, decoded: the one that ruled the expectation out, else the
+    # closest of the expected kind (fewest differing fields), else the last one received.
+    if shown is None and same_kind:
+        shown = min((e.packet for e in same_kind), key=lambda p: len(_differences(p, fields, match)))
+    elif shown is None and received:
+        shown = received[-1].packet if received[-1].packet is not None else received[-1]
+    if shown is None:
+        headline += "; received nothing" + (" since the last expectation" if kind is None else "")
+    else:
+        diff = _differences(shown, fields, match) if kind is not None and isinstance(shown, kind) else []
+        headline += f"; received {decoded(shown)}" + (f" ({'; '.join(diff)})" if diff else "")
     body = "\n".join(f"  {line}" for line in actual) or "  (nothing)"
     raise ExpectationFailed(f"{headline}\n  expected: {expected}\n{what}:\n{body}", client=client,
                             expected=expected, actual=actual)
+
+
+def _differences(packet: Any, fields: dict[str, Any], match: Callable[[Any], bool] | None) -> list[str]:
+    out = _mismatches(packet, fields)
+    if match is not None and not match(packet):
+        out.append(f"not matching {getattr(match, '__name__', 'predicate')}")
+    return out

@@ -253,9 +253,11 @@ def test_failures_explain_themselves_and_tests_have_time_limits(pytester):
     result = run(pytester, "--broker", "mosquitto:process", "--report-dir", "out")
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines([
-        "E*sub: expected PUBLISH(topic='mh/*/a', qos=2) within 2s",
+        "E*sub: expected PUBLISH(topic='mh/*/a', qos=2) within 2s; received PUBLISH(topic='mh/*/a', qos=1, *"
+        "payload=b'hello' (5 B)) (qos: expected 2, got 1)",
         "E*received instead:",
-        "E*PUBLISH(topic='mh/*/a', qos=1, pid=1, payload=b'hello' (5 B))   <- qos: expected 2, got 1",
+        "E*PUBLISH(topic='mh/*/a', qos=1, retain=False, dup=False, packet_id=1, payload=b'hello' (5 B))   "
+        "<- qos: expected 2, got 1",
         "E*--- packet log of sub (mqtt://127.0.0.1:*) ---",
         "*Captured packet logs of the other clients call*",
         "--- pub (*) ---",
@@ -263,8 +265,8 @@ def test_failures_explain_themselves_and_tests_have_time_limits(pytester):
         "*New client connected from 127.0.0.1:* as mh-*",
     ])
     result.stdout.fnmatch_lines([
-        "E*c1: expected no PUBLISH/DISCONNECT before the PINGRESP barrier, got 1",
-        "E*PUBLISH(topic='mh/*/x', qos=0, payload=b'1' (1 B))",
+        "E*c1: expected no PUBLISH/DISCONNECT before the PINGRESP barrier, got 1; received PUBLISH(*",
+        "E*PUBLISH(topic='mh/*/x', qos=0, retain=False, dup=False, payload=b'1' (1 B))",
     ])
     result.stdout.fnmatch_lines(["test did not finish within its time limit of 0.5s (raise it with *); it was "
                                  "waiting at test_fail.py:*: await asyncio.Event().wait()"])

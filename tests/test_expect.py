@@ -1,0 +1,151 @@
+"""harness.expect against a real mosquitto: a failure's reason names the received packet, decoded, and an
+expectation that a received packet (or a close) already rules out fails at once instead of after its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from harness.client import Client
+from harness.core.packets import Connack, Puback, Publish, Suback, Subscribe
+from harness.expect import ExpectationFailed, collect, expect_nothing, expect_packet, mark
+
+LONG = 30.0  # the expectation's timeout in the fail-at-once tests
+QUICK = 5.0  # they must fail well within this: a round trip, not the timeout
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 2 * LONG))
+
+
+def reason(exc: pytest.ExceptionInfo) -> str:
+    """The failure's first line: what the plugin reports as the reason."""
+    return str(exc.value).splitlines()[0]
+
+
+async def failing_fast(expectation) -> tuple[pytest.ExceptionInfo, float]:
+    started = time.monotonic()
+    with pytest.raises(ExpectationFailed) as exc:
+        await expectation
+    return exc, time.monotonic() - started
+
+
+def test_reason_names_the_received_packet_decoded(mosquitto, request):
+    topic = f"expect/{request.node.name}"
+
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="5") as sub, \
+                Client(mosquitto.url("mqtt"), version="5") as pub:
+            await sub.subscribe(topic, qos=1)
+            await pub.publish(topic, b"hello", qos=1, properties={"content_type": "text/plain"})
+            with pytest.raises(ExpectationFailed) as exc:
+                await expect_packet(sub, Publish, topic=topic, qos=2, timeout=0.5)
+            line = reason(exc)
+            assert line.startswith(f"{sub.name}: expected PUBLISH(topic={topic!r}, qos=2) within 0.5s; received "
+                                   f"PUBLISH(topic={topic!r}, qos=1, retain=False, dup=False, packet_id=1, "
+                                   f"properties={{'content_type': 'text/plain'}}, payload=b'hello' (5 B))"), line
+            assert line.endswith("(qos: expected 2, got 1)"), line
+            assert exc.value.actual[0].startswith(f"PUBLISH(topic={topic!r}, qos=1, retain=False"), exc.value.actual
+
+            mark(sub)  # a failed expectation leaves the position where it was
+            await pub.publish(topic, b"late", qos=0)
+            with pytest.raises(ExpectationFailed) as exc:
+                await expect_nothing(sub, after=pub)
+            assert reason(exc).endswith(f"got 1; received PUBLISH(topic={topic!r}, qos=0, retain=False, dup=False, "
+                                        "payload=b'late' (4 B))"), reason(exc)
+    run(main())
+
+
+def test_an_ack_that_answers_the_packet_id_differently_fails_at_once(mosquitto, request):
+    """MQTT 5 mosquitto answers a QoS 1 PUBLISH nobody subscribed to with PUBACK 0x10 (No matching subscribers):
+    that PUBACK answers packet id 1, so no PUBACK 0x00 for it can come any more."""
+    topic = f"expect/{request.node.name}/nobody"
+
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="5", manual_acks=True) as pub:
+            await pub.send(Publish(topic, b"x", qos=1, packet_id=1))
+            exc, took = await failing_fast(expect_packet(pub, Puback, packet_id=1, reason_code=0, timeout=LONG))
+            assert took < QUICK, f"waited {took:.1f}s for an expectation already ruled out"
+            line = reason(exc)
+            assert "the broker answered packet id 1 with PUBACK(packet_id=1, reason_code=0x10 " \
+                   "NO_MATCHING_SUBSCRIBERS) and owes no other PUBACK for it" in line, line
+    run(main())
+
+
+def test_an_ack_of_another_packet_id_rules_nothing_out(mosquitto, request):
+    topic = f"expect/{request.node.name}"
+
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="3.1.1", manual_acks=True) as pub:
+            await pub.send(Publish(topic, b"x", qos=1, packet_id=1))
+            await expect_packet(pub, Puback, packet_id=1)
+            await pub.send(Publish(topic, b"y", qos=1, packet_id=3))
+            with pytest.raises(ExpectationFailed) as exc:  # PUBACK 3 arrives; 2 might still: the timeout decides
+                await expect_packet(pub, Puback, packet_id=2, timeout=0.5)
+            assert reason(exc).startswith(f"{pub.name}: expected PUBACK(packet_id=2) within 0.5s; received "
+                                          "PUBACK(packet_id=3, reason_code=0x00 SUCCESS) (packet_id: expected 2, "
+                                          "got 3)"), reason(exc)
+    run(main())
+
+
+def test_a_disconnect_from_the_broker_fails_an_expectation_at_once(mosquitto):
+    """MQTT 5 mosquitto answers a SUBSCRIBE without topic filters (a protocol error) with a DISCONNECT, then
+    closes. Nothing may follow a DISCONNECT, so the SUBACK the client waits for can't."""
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="5") as client:
+            mark(client)
+            await client.send(Subscribe(packet_id=1, subscriptions=[]))
+            exc, took = await failing_fast(expect_packet(client, Suback, packet_id=1, timeout=LONG))
+            assert took < QUICK, f"waited {took:.1f}s after the broker ended the connection"
+            line = reason(exc)
+            assert "but the broker sent DISCONNECT(reason_code=0x81 MALFORMED_PACKET), which ends the connection" \
+                in line, line
+    run(main())
+
+
+def test_a_close_fails_an_expectation_at_once(mosquitto, request):
+    """MQTT 3.1.1 has no server DISCONNECT: the taken-over connection just closes, without a byte to wake on."""
+    topic = f"expect/{request.node.name}"
+
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="3.1.1") as first:
+            await first.subscribe(topic, qos=1)
+            mark(first)
+            async with Client(mosquitto.url("mqtt"), version="3.1.1", client_id=first.client_id):
+                exc, took = await failing_fast(expect_packet(first, Publish, topic=topic, timeout=LONG))
+            assert took < QUICK, f"waited {took:.1f}s after the connection closed"
+            assert "but the connection closed (connection closed by the broker); received nothing" in reason(exc), \
+                reason(exc)
+    run(main())
+
+
+def test_a_connack_that_disagrees_fails_at_once(mosquitto):
+    async def main():
+        client = Client(mosquitto.url("mqtt"), version="5")
+        await client.open()
+        try:
+            exc, took = await failing_fast(expect_packet(client, Connack, session_present=True, timeout=LONG))
+            assert took < QUICK, f"waited {took:.1f}s for a second CONNACK"
+            assert "the connection's one CONNACK is CONNACK(session_present=False, reason_code=0x00 SUCCESS" \
+                   in reason(exc), reason(exc)
+        finally:
+            await client.disconnect()
+    run(main())
+
+
+def test_collect_stops_when_nothing_more_arrives_for_idle(mosquitto, request):
+    topic = f"expect/{request.node.name}"
+
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="3.1.1") as sub, \
+                Client(mosquitto.url("mqtt"), version="3.1.1") as pub:
+            await sub.subscribe(topic, qos=1)
+            await pub.publish(topic, b"only", qos=1)
+            started = time.monotonic()
+            got = await collect(sub, 5, after=pub, timeout=LONG, idle=0.5)
+            took = time.monotonic() - started
+            assert [m.payload for m in got] == [b"only"]
+            assert took < QUICK, f"collect waited {took:.1f}s with nothing arriving"
+    run(main())
