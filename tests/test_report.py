@@ -10,9 +10,9 @@ import pytest
 
 from harness.cli import main
 from harness.cli.run import summary_table
-from harness.report import junit, load, save, write_reports
+from harness.report import junit, load, save, text, write_reports
 from harness.report.compare import diff, merge
-from harness.report.model import Artifacts, BrokerInfo, ClientLog, Report, ReportError, Result, RunInfo
+from harness.report.model import Artifacts, BrokerInfo, ClientLog, Measurement, Report, ReportError, Result, RunInfo
 from harness.report.validate import validate
 
 
@@ -209,3 +209,91 @@ def test_summary_table_has_areas_as_rows_and_brokers_as_columns(sample):
     assert table[2].startswith("test_pub ") and "1 passed, 1 failed" in table[2] and "1 xfailed, 1 skipped" in table[2]
     assert table[4].startswith("TOTAL")
     assert table[-1] == "collection error: suites/test_bad.py: unknown OASIS statement ID"
+
+
+def measured_report() -> Report:
+    """Keepalive windows on two brokers (one closes early: a warning) and a dozen results of known durations."""
+    def window(broker: str, version: str, seconds: list[float]) -> Result:
+        ratio = min(seconds) / 2
+        return result("suites/test_keepalive.py::test_silent", broker, "passed", version=version, duration=7.0,
+                      measurements=[Measurement("keepalive_window", min(seconds), "s", "silence allowed", ratio,
+                                                "keepalive 2 s", seconds if len(seconds) > 1 else [],
+                                                "closed early" if ratio < 1.5 else None)])
+    timed = [result(f"suites/test_pub.py::test_{n}", "mosquitto-process", "passed", duration=n + 0.5)
+             for n in range(12)]
+    return make_report("m1", ["mosquitto-process", "nats-process"], [
+        window("mosquitto-process", "5", [3.3, 5.9]), window("mosquitto-process", "3.1.1", [3.4]),
+        window("nats-process", "3.1.1", [2.4]), *timed])
+
+
+def test_measurements_are_kept_per_result_and_summed_up_per_broker(tmp_path):
+    report = measured_report()
+    path = save(report, tmp_path / "report.json")
+    data = json.loads(path.read_text())
+    assert validate(data) == []
+    assert data["results"][0]["measurements"] == [{
+        "name": "keepalive_window", "value": 3.3, "unit": "s", "label": "silence allowed", "ratio": 1.65,
+        "ratio_of": "keepalive 2 s", "samples": [3.3, 5.9], "warning": None}]
+    assert data["summary"]["measurements"] == {
+        "mosquitto-process": {"keepalive_window": {"unit": "s", "count": 2, "min": 3.3, "max": 5.9, "min_ratio": 1.65,
+                                                   "max_ratio": 2.95, "ratio_of": ["keepalive 2 s"], "warnings": 0}},
+        "nats-process": {"keepalive_window": {"unit": "s", "count": 1, "min": 2.4, "max": 2.4, "min_ratio": 1.2,
+                                              "max_ratio": 1.2, "ratio_of": ["keepalive 2 s"], "warnings": 1}}}
+    assert load(path) == report
+
+
+def test_the_ten_slowest_tests_are_in_the_summary_and_the_terminal_recap():
+    report = measured_report()
+    slowest = report.to_dict()["summary"]["slowest"]
+    assert [s["duration"] for s in slowest] == [11.5, 10.5, 9.5, 8.5, 7.5, 7.0, 7.0, 7.0, 6.5, 5.5]
+    assert slowest[0] == {"nodeid": "suites/test_pub.py::test_11[mosquitto-process]",
+                          "test": "suites/test_pub.py::test_11", "broker": "mosquitto-process", "mqtt_version": "5",
+                          "device": None, "outcome": "passed", "duration": 11.5}
+    lines = text.slowest(report).splitlines()
+    assert lines[0] == "the 10 slowest tests (test body):" and len(lines) == 11
+    assert lines[1] == "    11.50s  mosquitto-process  suites/test_pub.py::test_11 [MQTT 5]"
+    recap = text.measured(report).splitlines()
+    assert "  mosquitto-process  keepalive window: 3.30-5.90 s = 1.650-2.950 x keepalive 2 s (2 results)" in recap
+    assert "  nats-process  keepalive window: 2.40 s = 1.200 x keepalive 2 s (1 result)" in recap
+    assert recap[-1] == "  WARNING nats-process suites/test_keepalive.py::test_silent [MQTT 3.1.1]: closed early"
+    assert text.slowest(make_report("e", [], [])) == "" and text.measured(make_report("e", [], [])) == ""
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda d: d["summary"]["slowest"].reverse(), "summary.slowest is not the ten slowest results"),
+    (lambda d: d["summary"]["measurements"]["nats-process"]["keepalive_window"].update(warnings=0),
+     "summary.measurements does not match"),
+    (lambda d: d["results"][2]["measurements"][0].update(warning=None), "summary.measurements does not match"),
+])
+def test_validate_rejects_a_summary_that_contradicts_the_new_fields(tmp_path, capsys, change, problem):
+    data = measured_report().to_dict()
+    change(data)
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    assert main(["report", "validate", str(tmp_path / "r.json")]) == 1
+    assert problem in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda d: d["results"][0]["measurements"][0].update(name="Keepalive Window"), "does not match"),
+    (lambda d: d["results"][0]["measurements"][0].update(value="3.3"), "value: expected number, got str"),
+    (lambda d: d["results"][0]["measurements"][0].pop("unit"), "missing 'unit'"),
+])
+def test_measurement_schema_violations_are_named(change, problem):
+    data = measured_report().to_dict()
+    change(data)
+    assert any(problem in p for p in validate(data)), validate(data)
+
+
+def test_a_report_from_before_measurements_and_slowest_still_validates_and_renders(tmp_path, capsys):
+    data = measured_report().to_dict()
+    for old_report_lacks in ("slowest", "measurements"):
+        del data["summary"][old_report_lacks]
+    for r in data["results"]:
+        del r["measurements"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text(json.dumps(data))
+    assert validate(data) == []
+    assert main(["report", "validate", str(tmp_path / "old")]) == 0
+    assert main(["report", "render", str(tmp_path / "old" / "report.json")]) == 0
+    assert "The 10 slowest tests" in (tmp_path / "old" / "report.html").read_text()  # derived from the results
+    assert load(tmp_path / "old" / "report.json").results[0].measurements == []

@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.cli import CliError
 from harness.report import FILES, ReportError, load
 from harness.report.model import ERROR, FAILED, OUTCOMES, PASSED, SKIPPED, XFAILED, XPASSED, Report
+from harness.report.text import measured, slowest
 
 SUITES_ENV = "MQTT_HARNESS_SUITES"
 CHECKOUT_SUITES = Path(__file__).resolve().parents[2] / "suites"
@@ -236,6 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return code or 1
     print()
     print(summary_table(report))
+    for part in (slowest(report), measured(report)):  # (empty when nothing ran or was measured)
+        if part:
+            print(f"\n{part}")
     print(f"\nreports: {report_dir / FILES['html']}\n         {report_dir / FILES['json']}\n"
           f"         {report_dir / FILES['junit']}")
     failed = [r for r in report.results if r.outcome in ("failed", "error")]

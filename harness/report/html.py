@@ -1,8 +1,9 @@
 """report.html: one self-contained page (inline CSS and JS, no external resources) that reads well offline.
 
-Sections: per-broker summary, the brokers x tests matrix (grouped by area), statement coverage with the OASIS
-wording, and one detail panel per result (expected vs received packet, failure text, packet logs, broker log),
-opened by clicking a matrix cell. Panels open through the URL fragment (#r-N) with CSS :target, so a link to one
+Sections: warnings (measurements the spec allows but a reader should see), per-broker summary (with what was
+measured on each broker, e.g. its keepalive window), the brokers x tests matrix (grouped by area), statement
+coverage with the OASIS wording, the run with its ten slowest tests, and one detail panel per result (expected vs
+received packet, failure text, measurements, packet logs, broker log), opened by clicking a matrix cell. Panels open through the URL fragment (#r-N) with CSS :target, so a link to one
 works without JavaScript; the script only adds filtering, Escape to close, and data-open for tests.
 """
 
@@ -95,6 +96,9 @@ pre{background:#0f172a;color:#e2e8f0;padding:10px 12px;border-radius:8px;overflo
 margin:6px 0 12px}
 pre .in{color:#93c5fd} pre .out{color:#cbd5e1} pre .bad{color:#fca5a5}
 details{margin:6px 0} summary{cursor:pointer;font-weight:600}
+.warning{border-left:3px solid var(--xpass);background:var(--xpass-bg);padding:8px 12px;margin:8px 0;color:#713f12}
+a.warn{margin-left:4px;color:var(--xpass);font-weight:700;text-decoration:none}
+table.small{width:auto;margin:6px 0 12px} table.small td,table.small th{padding:3px 10px;font-size:12.5px}
 .empty{padding:30px;text-align:center;color:var(--muted)}
 """
 
@@ -140,14 +144,16 @@ def render(report: Report) -> str:
         "<meta name='viewport' content='width=device-width,initial-scale=1'>",
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         _header(report, counts),
-        "<nav class='tabs'><a href='#brokers'>Brokers</a><a href='#matrix'>Matrix</a>"
+        "<nav class='tabs'>" + ("<a href='#warnings'>Warnings</a>" if _warned(report) else "")
+        + "<a href='#brokers'>Brokers</a><a href='#matrix'>Matrix</a>"
         + ("<a href='#devices'>Devices</a>" if report.devices else "")
         + "<a href='#statements'>Statements</a><a href='#run'>Run</a></nav><main>",
+        _warnings(report, ids),
         _brokers(report),
         _matrix(report, ids),
         _devices(report, ids),
         _statements(report, ids),
-        _run(report),
+        _run(report, ids),
         "</main>",
         "".join(_detail(report, r, ids[id(r)]) for r in report.results),
         f"<script>{JS}</script></body></html>\n",
@@ -180,6 +186,9 @@ def _header(report: Report, counts: dict[str, int]) -> str:
     if run.merged_from:
         facts.append(f"merged from {len(run.merged_from)} runs")
     total = " ".join(_count(o, counts[o]) for o in OUTCOMES if counts[o])
+    warned = len(_warned(report))
+    if warned:
+        total += f" <a class='pill xpassed' href='#warnings'>{warned} with warnings</a>"
     return ("<header class='top'><h1>MQTT conformance report</h1><div class='meta'>"
             + "".join(f"<span>{escape(f)}</span>" for f in facts)
             + f"</div><div class='totals'><b>{len(report.results)}</b> results {total}</div></header>")
@@ -200,6 +209,7 @@ def _bar(counts: dict[str, int]) -> str:
 
 def _brokers(report: Report) -> str:
     cards = []
+    measured_all = report.measured()
     for broker in report.brokers:
         counts = report.counts(r for r in report.results if r.broker == broker.id)
         ran = counts[PASSED] + counts[FAILED] + counts[ERROR] + counts[XPASSED]
@@ -210,13 +220,14 @@ def _brokers(report: Report) -> str:
         caps = broker.capabilities
         cap_text = ", ".join(f"{k}={v}" for k, v in caps.items() if v not in (None, ())) if caps else ""
         notes = "".join(f"<div class='muted'>{escape(n)}</div>" for n in broker.notes)
+        measured = _measured(measured_all.get(broker.id, {}))
         cards.append(
             f"<div class='card'><span class='rate' title='passed of the tests that ran'>{rate}</span>"
             f"<h3>{escape(broker.display_name or broker.name)} <span class='ver'>{escape(broker.backend)}</span></h3>"
             f"<div class='sub'>{escape(broker.id)}{' · ' + escape(what) if what else ''}</div>"
             f"{_bar(counts)}<div class='counts'>"
             + "".join(_count(o, counts[o]) for o in OUTCOMES if counts[o])
-            + f"</div><details><summary class='muted'>listeners, capabilities</summary><div class='muted'>{urls}</div>"
+            + f"</div>{measured}<details><summary class='muted'>listeners, capabilities</summary><div class='muted'>{urls}</div>"
             f"<div class='muted'>capabilities ({escape(broker.capabilities_source or 'unknown')}): "
             f"{escape(cap_text)}</div>{notes}</details></div>")
     body = "".join(cards) or "<div class='empty'>No broker ran a test.</div>"
@@ -247,7 +258,8 @@ def _matrix(report: Report, ids: dict[int, str]) -> str:
                     cells.append("<td class='cell muted'>·</td>")
                     continue
                 problem |= result.outcome in FAILING or result.outcome == XPASSED
-                cells.append(f"<td class='cell'>{_pill(result.outcome, ids[id(result)], result.reason)}</td>")
+                cells.append(f"<td class='cell'>{_pill(result.outcome, ids[id(result)], result.reason)}"
+                             f"{_warn_mark(result, ids[id(result)])}</td>")
             name = test.split("::", 1)[-1]
             ver = f"<span class='ver'>MQTT {escape(version)}</span>" if version else ""
             search = escape(f"{test} {version} {' '.join(r.outcome for r in by_broker.values())}".lower())
@@ -348,7 +360,7 @@ def _id_key(sid: str) -> tuple:
     return tuple(int(n) if n.isdigit() else 0 for n in numbers)
 
 
-def _run(report: Report) -> str:
+def _run(report: Report, ids: dict[int, str]) -> str:
     run = report.run
     rows = [("Run id", run.id), ("Started", run.started), ("Finished", run.finished),
             ("Duration", f"{run.duration:.1f} s"), ("Harness", run.harness_version), ("Host", run.host),
@@ -360,16 +372,104 @@ def _run(report: Report) -> str:
                      f"({escape(m['started'])})</li>" for m in run.merged_from)
     facts = "".join(f"<dt>{escape(k)}</dt><dd class='mono'>{escape(v)}</dd>" for k, v in rows)
     return (f"<section id='run'><h2>Run</h2><div class='card'><dl class='facts'>{facts}</dl>"
-            + (f"<div>Merged from:<ul>{merged}</ul></div>" if merged else "") + "</div></section>")
+            + (f"<div>Merged from:<ul>{merged}</ul></div>" if merged else "") + "</div>"
+            + _slowest(report, ids) + "</section>")
 
 
-def _packets(packets: list[dict]) -> str:
+def _slowest(report: Report, ids: dict[int, str]) -> str:
+    slow = report.slowest()
+    if not slow:
+        return ""
+    rows = "".join(
+        f"<tr><td class='cell mono'>{r.duration:.2f} s</td><td class='cell'>{_pill(r.outcome, ids[id(r)])}</td>"
+        f"<td class='mono'>{escape(r.test)}</td><td>{escape(r.broker or '')}"
+        f"{'/' + escape(r.device) if r.device else ''}</td><td>{escape(r.mqtt_version or '—')}</td></tr>"
+        for r in slow)
+    return (f"<h2 id='slowest'>The {len(slow)} slowest tests <span class='muted'>(test body; setup and teardown "
+            "excluded)</span></h2><table><thead><tr><th class='cell'>Duration</th><th class='cell'>Outcome</th>"
+            f"<th>Test</th><th>Broker</th><th>MQTT</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+# ------------------------------------------------------------------------------------------------- measurements
+
+def _warned(report: Report) -> list[Result]:
+    return [r for r in report.results if any(m.warning for m in r.measurements)]
+
+
+def _warn_mark(result: Result, anchor: str) -> str:
+    warnings = [m.warning for m in result.measurements if m.warning]
+    if not warnings:
+        return ""
+    return f"<a class='warn' href='#{anchor}' title='{escape(' / '.join(warnings))}'>&#9888;</a>"
+
+
+def _quantity(value: float, unit: str) -> str:
+    return f"{value:.3g} {unit}" if abs(value) < 100 else f"{value:.0f} {unit}"
+
+
+def _measured(by_name: dict[str, dict]) -> str:
+    """A broker card's lines: each measurement's range over the results (and samples) that measured it."""
+    lines = []
+    for name, m in sorted(by_name.items()):
+        span = _span(m["min"], m["max"], m["unit"])
+        if m["min_ratio"] is not None:
+            span += f" = {_span(m['min_ratio'], m['max_ratio'], '×')} {escape(', '.join(m['ratio_of']))}"
+        warn = (f"<div class='warning'>&#9888; {m['warnings']} of {m['count']} results warn: see "
+                "<a href='#warnings'>Warnings</a></div>" if m["warnings"] else "")
+        lines.append(f"<div class='measured'><b>{escape(name.replace('_', ' '))}</b>: {span} "
+                     f"<span class='muted'>({m['count']} result{'s' if m['count'] != 1 else ''})</span>{warn}</div>")
+    return "".join(lines)
+
+
+def _span(low: float, high: float, unit: str) -> str:
+    digits = 3 if unit == "×" else 2  # 1.499x must not read as 1.50x
+    text = f"{low:.{digits}f}" if round(low, digits) == round(high, digits) else f"{low:.{digits}f}–{high:.{digits}f}"
+    return escape(f"{text} {unit}" if unit != "×" else f"{text}×")
+
+
+def _measurements(result: Result) -> str:
+    if not result.measurements:
+        return ""
+    rows = []
+    for m in result.measurements:
+        ratio = f"{m.ratio:.3f}× {m.ratio_of}" if m.ratio is not None else ""
+        samples = ", ".join(f"{v:.2f}" for v in m.samples)
+        rows.append(f"<tr><td class='mono'>{escape(m.name)}</td><td class='mono'>{escape(_quantity(m.value, m.unit))}"
+                    f"</td><td>{escape(ratio)}</td><td class='muted'>{escape(m.label)}"
+                    + (f"<br>samples ({escape(m.unit)}): {escape(samples)}" if samples else "") + "</td></tr>")
+    warnings = "".join(f"<div class='warning'>&#9888; {escape(m.warning)}</div>" for m in result.measurements
+                       if m.warning)
+    return ("<details open><summary>Measurements</summary>" + warnings
+            + "<table class='small'><thead><tr><th>Measured</th><th>Value</th><th>Multiple</th><th>What</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table></details>")
+
+
+def _warnings(report: Report, ids: dict[int, str]) -> str:
+    warned = _warned(report)
+    if not warned:
+        return ""
+    items = []
+    for r in warned:
+        version = f" [MQTT {r.mqtt_version}]" if r.mqtt_version else ""
+        for m in r.measurements:
+            if m.warning:
+                items.append(f"<li>{_pill(r.outcome, ids[id(r)])} <b>{escape(r.broker or '')}</b> "
+                             f"<span class='mono'>{escape(r.test.split('::', 1)[-1])}</span>{escape(version)}: "
+                             f"{escape(m.warning)}</li>")
+    return (f"<section id='warnings'><h2>Warnings <span class='muted'>({len(warned)} results: allowed by the spec, "
+            "so not failures, but worth a look)</span></h2><div class='card warning'><ul>"
+            f"{''.join(items)}</ul></div></section>")
+
+
+def _packets(packets: list[dict], client: str) -> str:
+    """One line per packet: time, who (the client's own name and its connection number: `sub#2` is the
+    subscriber's second connection), direction, the packet."""
     lines = []
     for p in packets:
         arrow, cls = ("<-", "in") if p["dir"] == "in" else ("->", "out")
         what = p["packet"] or f"UNDECODABLE {p.get('raw', '')[:96]} ({p['error']})"
         cls = "bad" if p["packet"] is None else cls
-        lines.append(f"<span class='{cls}'>{p['t']:10.6f} c{p['conn']} {arrow} {escape(what)}</span>")
+        lines.append(f"<span class='{cls}'>{p['t']:10.6f} {escape(client)}#{p['conn']} {arrow} {escape(what)}</span>")
     return "\n".join(lines) or "(no packets)"
 
 
@@ -390,17 +490,18 @@ def _detail(report: Report, result: Result, anchor: str) -> str:
         items = "".join(f"<li><span class='mono'>{escape(s)}</span> — "
                         f"{escape(_statement_text(s, result.mqtt_version)[1])}</li>" for s in result.statements)
         parts.append(f"<details open><summary>Statements</summary><ul>{items}</ul></details>")
+    parts.append(_measurements(result))
     if art.expected:
         actual = "\n".join(art.actual) or "(nothing)"
         parts.append(f"<div class='versus'><div class='exp'><h4>Expected</h4><code>{escape(art.expected)}</code></div>"
                      f"<div class='act'><h4>Received</h4><code class='lines'>{escape(actual)}</code></div></div>")
     if art.failure:
         parts.append(f"<details open><summary>Failure</summary><pre>{escape(art.failure)}</pre></details>")
-    opened = " open" if result.outcome in FAILING else ""
+    opened = " open" if result.outcome in FAILING or result.outcome == XFAILED else ""
     for client in art.clients:
         title = f"Packet log of {client.name} ({client.client_id}, MQTT {client.mqtt_version}, {client.url})"
-        parts.append(f"<details{opened}><summary>{escape(title)}</summary><pre>{_packets(client.packets)}</pre>"
-                     "</details>")
+        parts.append(f"<details{opened} class='packets' data-client='{escape(client.name)}'><summary>"
+                     f"{escape(title)}</summary><pre>{_packets(client.packets, client.name)}</pre></details>")
     if result.device:
         shown = " open" if result.outcome in FAILING else ""
         parts.append(f"<details{shown}><summary>Events of device {escape(result.device)}</summary><pre>"

@@ -182,21 +182,26 @@ class Report:
         return sorted(timed, key=lambda r: -r.duration)[:n]
 
     def measured(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per broker and measurement name, over every result that measured it: unit, count, min/max of value
-        and ratio, what the ratio is of, and the warnings ({broker id: {name: {...}}})."""
+        """Per broker and measurement name, over every result that measured it (and every sample): unit, count of
+        results, min/max of the value and of the ratio, what the ratio is of, and how many results warned
+        ({broker id: {name: {...}}})."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for result in self.results:
             for m in result.measurements:
                 if result.broker is None:
                     continue
+                values = [*m.samples, m.value]
                 entry = out.setdefault(result.broker, {}).setdefault(m.name, {
-                    "unit": m.unit, "count": 0, "min": m.value, "max": m.value, "min_ratio": None,
+                    "unit": m.unit, "count": 0, "min": min(values), "max": max(values), "min_ratio": None,
                     "max_ratio": None, "ratio_of": [], "warnings": 0})
                 entry["count"] += 1
-                entry["min"], entry["max"] = min(entry["min"], m.value), max(entry["max"], m.value)
+                entry["min"], entry["max"] = min(entry["min"], *values), max(entry["max"], *values)
                 if m.ratio is not None:
-                    entry["min_ratio"] = m.ratio if entry["min_ratio"] is None else min(entry["min_ratio"], m.ratio)
-                    entry["max_ratio"] = m.ratio if entry["max_ratio"] is None else max(entry["max_ratio"], m.ratio)
+                    # samples share the value's reference quantity: their ratios scale with them
+                    ratios = [m.ratio] + ([round(v * m.ratio / m.value, 4) for v in m.samples] if m.value else [])
+                    low, high = min(ratios), max(ratios)
+                    entry["min_ratio"] = low if entry["min_ratio"] is None else min(entry["min_ratio"], low)
+                    entry["max_ratio"] = high if entry["max_ratio"] is None else max(entry["max_ratio"], high)
                 if m.ratio_of and m.ratio_of not in entry["ratio_of"]:
                     entry["ratio_of"].append(m.ratio_of)
                 entry["warnings"] += m.warning is not None
