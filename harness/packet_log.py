@@ -1,7 +1,7 @@
 """A packet log: every byte chunk in and out with a monotonic timestamp, decoded on demand.
 
-Recording is one list append per socket read or write, so logging costs the client almost
-nothing; decoding into packets happens only when someone reads the log. A packet that spans
+Recording is one list append per socket read or write (of the chunk itself, never a copy), so
+logging costs the client almost nothing; decoding into packets happens only when someone reads the log. A packet that spans
 chunks takes the timestamp of the chunk that completed it.
 """
 
@@ -47,7 +47,9 @@ class PacketLog:
         self.connection += 1
         self._versions[self.connection] = version
 
-    def record(self, direction: str, data: bytes, now: float) -> None:
+    def record(self, direction: str, data: bytes | list[bytes], now: float) -> None:
+        """One chunk as written or read; `data` may be a list of pieces written together (joined only
+        when the log is read, so recording never copies a payload)."""
         if self.enabled and data:
             self._chunks.append((now, direction, data, self.connection))
             if self.listener is not None:
@@ -65,6 +67,8 @@ class PacketLog:
         while self._done < len(chunks):
             now, direction, data, conn = chunks[self._done]
             self._done += 1
+            if type(data) is list:
+                data = b"".join(data)
             key = (conn, direction)
             dec = self._decoders.get(key)
             if dec is None:

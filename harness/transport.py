@@ -145,6 +145,8 @@ def _load_client_cert(ctx: ssl.SSLContext, cert: str, key: str | None) -> None:
 
 
 _FLUSH_AT = 64 * 1024  # bytes buffered by write() before they go out without waiting for the loop
+_GATHER_MIN = 1024  # mean piece size from which a flush sends the pieces as they are (sendmsg) instead of joining
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 class _ByteQueue:
@@ -269,6 +271,10 @@ class Stream(abc.ABC):
     def write(self, data: bytes) -> None:
         """Queue bytes without blocking. They go out at the end of this event-loop iteration or on drain()."""
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        """write() of the pieces joined; a stream may send them without joining (no copy of large ones)."""
+        self.write(b"".join(pieces))
+
     @abc.abstractmethod
     async def drain(self, *, timeout: float | None = None) -> None:
         """Send queued bytes; wait while the socket's send buffer is full. Raises ConnectionClosed once closed."""
@@ -323,6 +329,8 @@ class SocketStream(Stream):
         self._local = self._transport.get_extra_info("sockname")
         self._peer = self._transport.get_extra_info("peername")
         self._ssl = self._transport.get_extra_info("ssl_object")
+        # Plain TCP only: the socket itself, for scatter/gather sends while asyncio's buffer is empty.
+        self._sock: socket.socket | None = None
 
     async def read(self, max_bytes: int = 65536, *, timeout: float | None = None) -> bytes:
         p = self._protocol
@@ -350,12 +358,55 @@ class SocketStream(Stream):
         if self._out_size >= _FLUSH_AT:  # a long burst without yielding: don't hold it all back
             self._flush()
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        out = self._out
+        for data in pieces:
+            if type(data) is not bytes:
+                data = bytes(data)
+            out.append(data)
+            self._out_size += len(data)
+        if self._out_size >= _FLUSH_AT:
+            self._flush()
+
     def _flush(self) -> None:
         out = self._out
         if out and not self._transport.is_closing():
-            self._send(out[0] if len(out) == 1 else b"".join(out))
+            if (self._sock is not None and self._out_size >= _GATHER_MIN * len(out) and len(out) > 1
+                    and not self._transport.get_write_buffer_size()):
+                self._gather(out)
+            else:
+                self._send(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
         self._out_size = 0
+
+    def _gather(self, out: list[bytes]) -> None:
+        """sendmsg() the pieces straight from where they are; what the kernel does not take now goes to
+        asyncio's buffer, which then sends it (and everything after it: the next flush sees it non-empty)."""
+        sock = self._sock
+        i = sent = 0
+        try:
+            while i < len(out):
+                batch = out[i:i + _IOV_MAX]
+                sent = sock.sendmsg(batch)
+                if sent < sum(map(len, batch)):
+                    break
+                i += len(batch)
+                sent = 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # asyncio's write below meets the same error and closes the transport as usual
+        while i < len(out) and sent >= len(out[i]):
+            sent -= len(out[i])
+            i += 1
+        if i >= len(out):
+            return
+        rest = out[i:]
+        if sent:
+            rest[0] = memoryview(rest[0])[sent:]
+        self._transport.write(b"".join(rest))
 
     def _send(self, data: bytes) -> None:
         self._transport.write(data)
@@ -640,7 +691,10 @@ async def open_stream(
                 raise _handshake_error(e, url, tls) from None
             client_cert = bool(tls and tls.cert)
             if not url.ws:
-                return SocketStream(protocol, url, timeout, client_cert)
+                plain = SocketStream(protocol, url, timeout, client_cert)
+                if ctx is None and hasattr(sock, "sendmsg"):
+                    plain._sock = sock
+                return plain
             stream = WebSocketStream(protocol, url, timeout, client_cert)
             step = (
                 WebSocketError,

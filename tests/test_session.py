@@ -19,7 +19,7 @@ from harness.core.packets import (
     Suback, Subscribe, Subscription, Unsuback, Unsubscribe,
 )
 from harness.core.session import (
-    DEFAULT_WINDOW_311, ClientSession, KeepaliveTimeout, PublishDone, SessionConfig, SessionDiscarded, State,
+    DEFAULT_WINDOW_311, DEFAULT_WINDOW_311_TOTAL, ClientSession, KeepaliveTimeout, PublishDone, SessionConfig, SessionDiscarded, State,
     Violation,
 )
 from harness.core.statements import ref
@@ -225,14 +225,69 @@ def test_manual_ack_carries_reason_code_and_properties():
 
 # ------------------------------------------------------------------------------ window
 
-def test_window_311_default_holds_the_21st_publish():
+def test_window_311_default_holds_the_21st_qos2_publish():
     session, broker = connected()
-    sent = [session.publish("t", bytes([n]), qos=1) for n in range(DEFAULT_WINDOW_311 + 1)]
+    sent = [session.publish("t", bytes([n]), qos=2) for n in range(DEFAULT_WINDOW_311 + 1)]
     assert [p.payload for p in broker.received()] == [bytes([n]) for n in range(DEFAULT_WINDOW_311)]
     assert list(session.pending) == [sent[-1].packet_id]
-    broker.send(Puback(sent[3].packet_id))
+    broker.send(Pubrec(sent[3].packet_id))
+    assert broker.received() == [Pubrel(sent[3].packet_id)]  # the PUBREL phase still holds its slot
+    broker.send(Pubcomp(sent[3].packet_id))
     assert broker.received() == [sent[-1]]
     assert not session.pending
+
+
+def test_window_311_default_qos1_is_wider_and_shared_with_qos2():
+    """In 3.1.1 QoS 1 flows fill DEFAULT_WINDOW_311_TOTAL; QoS 2 ones, counted in the same total, at most
+    DEFAULT_WINDOW_311. A waiting QoS 2 publish holds back the QoS 1 ones behind it (order is kept)."""
+    session, broker = connected()
+    q2 = [session.publish("t", b"", qos=2) for _ in range(DEFAULT_WINDOW_311)]
+    q1 = [session.publish("t", b"", qos=1) for _ in range(DEFAULT_WINDOW_311_TOTAL - DEFAULT_WINDOW_311 + 1)]
+    assert [p.packet_id for p in broker.received()] == [p.packet_id for p in q2 + q1[:-1]]
+    assert list(session.pending) == [q1[-1].packet_id]
+    late_q2 = session.publish("t", b"", qos=2)
+    broker.send(Pubrec(q2[0].packet_id), Pubcomp(q2[0].packet_id))  # one slot of the total: the QoS 1 one
+    assert broker.received() == [Pubrel(q2[0].packet_id), q1[-1]]
+    broker.send(Puback(q1[0].packet_id))
+    assert broker.received() == [late_q2]
+    behind = [session.publish("t", b"", qos=2), session.publish("t", b"", qos=1)]
+    broker.send(Puback(q1[1].packet_id), Puback(q1[2].packet_id))
+    assert broker.received() == []  # the QoS 2 one waits for a QoS 2 slot; the QoS 1 one waits behind it
+    broker.send(Pubrec(q2[1].packet_id), Pubcomp(q2[1].packet_id))
+    assert [p.packet_id for p in broker.received() if isinstance(p, Publish)] == [p.packet_id for p in behind]
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_window_configured_in_311_bounds_both_qos(qos):
+    session, broker = connected(max_inflight=3)
+    sent = [session.publish("t", b"", qos=qos) for _ in range(4)]
+    assert [p.packet_id for p in broker.received()] == [p.packet_id for p in sent[:3]]
+
+
+@pytest.mark.parametrize("receive_maximum", [1, 20, 100, 65535])
+def test_window_v5_follows_connack_receive_maximum_for_both_qos(receive_maximum):
+    """MQTT 5: the broker announces its limit (Receive Maximum, §3.2.2.3.3), so QoS 1 and QoS 2 flows together
+    fill exactly that many slots, with no 3.1.1 default in the way."""
+    session, broker = connected(MQTT_5, Connack(properties={"receive_maximum": receive_maximum}))
+    count = min(receive_maximum + 1, 2000)
+    sent = [session.publish("t", b"", qos=1 + n % 2) for n in range(count)]
+    assert len(broker.received()) == min(count, receive_maximum)
+    assert session.window == session.window_qos2 == receive_maximum
+    assert list(session.pending) == ([sent[-1].packet_id] if receive_maximum <= 2000 else [])
+
+
+def test_window_v5_without_receive_maximum_is_65535():
+    session, broker = connected(MQTT_5, Connack())
+    assert session.window == session.window_qos2 == 65535
+
+
+def test_large_payload_is_queued_as_its_own_piece():
+    session, broker = connected()
+    payload = bytes(range(256)) * 64
+    p = session.publish("t/large", payload, qos=1)
+    pieces = session.take_output()
+    assert len(pieces) == 2 and pieces[1] is payload and b"".join(pieces) == encode(p, MQTT_3_1_1)
+    assert session.take_output() == []
 
 
 @pytest.mark.parametrize("configured,expected", [(None, 3), (2, 2), (10, 3)])

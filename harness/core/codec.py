@@ -27,6 +27,7 @@ _unpack_u16 = _U16.unpack_from
 # Fixed-header flags that are not free (PUBLISH's are): §2.2.2 (3.1.1) / §2.1.3 (5).
 _FIXED_FLAGS = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0, 15: 0}
 _ACK_CLASSES = {4: Puback, 5: Pubrec, 6: Pubrel, 7: Pubcomp}
+_ACK_FIRST = {0x40: Puback, 0x50: Pubrec, 0x62: Pubrel, 0x70: Pubcomp}  # first byte of a valid ack -> class
 _SUBACK_311 = frozenset({0, 1, 2, 0x80})
 _PROTOCOL_NAMES = {MQTT_3_1: "MQIsdp", MQTT_3_1_1: "MQTT", MQTT_5: "MQTT"}
 
@@ -100,8 +101,23 @@ def encode(packet, version: int = MQTT_3_1_1, *, flags: int | None = None,
     """
     t = packet.TYPE
     if flags is None and remaining_length is None and raw_body is None and raw_properties is None:
-        if t == 3:
-            return _encode_publish(packet, version)
+        if t == 3:  # publish_header() inline: this is the hot path
+            topic = packet.topic
+            try:
+                head = _TOPICS_OUT[topic]
+            except (KeyError, TypeError):
+                head = _topic_field(topic)
+            qos = packet.qos
+            if qos or packet.packet_id is not None:
+                head += _pack_u16(packet.packet_id or 0)
+            if version >= MQTT_5:
+                head += encode_properties(packet.properties)
+            payload = packet.payload
+            n = len(head) + len(payload)
+            first = 0x30 | (packet.dup << 3) | ((qos & 3) << 1) | bool(packet.retain)
+            if n < 128:
+                return _pack_bb(first, n) + head + payload
+            return bytes((first,)) + encode_vbi(n) + head + payload
         if 4 <= t <= 7 and not packet.reason_code and not packet.properties:
             pid = packet.packet_id
             return bytes(((t << 4) | _FIXED_FLAGS[t], 2, (pid >> 8) & 0xFF, pid & 0xFF))
@@ -122,19 +138,40 @@ def _publish_flags(p: Publish) -> int:
     return (p.dup << 3) | ((p.qos & 3) << 1) | bool(p.retain)
 
 
-def _encode_publish(p: Publish, version: int) -> bytes:
+_TOPICS_OUT: dict = {}  # topic (str or bytes) -> its length-prefixed UTF-8: publishers repeat their topics
+_TOPIC_CACHE_MAX = 4096
+_pack_bb = struct.Struct(">BB").pack
+
+
+def _topic_field(topic) -> bytes:
+    head = _text(topic)
+    try:
+        if len(_TOPICS_OUT) >= _TOPIC_CACHE_MAX:
+            _TOPICS_OUT.clear()
+        _TOPICS_OUT[topic] = head
+    except TypeError:  # an unhashable topic (bytearray) is not cached
+        pass
+    return head
+
+
+def publish_header(p: Publish, version: int = MQTT_3_1_1) -> bytes:
+    """A PUBLISH's bytes up to its payload: encode(p) is publish_header(p) + p.payload. For large payloads
+    a writer sends the two pieces as they are (scatter/gather) instead of copying the payload."""
     topic = p.topic
-    raw_topic = topic if isinstance(topic, (bytes, bytearray)) else topic.encode("utf-8", "surrogatepass")
-    head = _pack_u16(len(raw_topic)) + raw_topic
-    if p.qos or p.packet_id is not None:
+    try:
+        head = _TOPICS_OUT[topic]
+    except (KeyError, TypeError):
+        head = _topic_field(topic)
+    qos = p.qos
+    if qos or p.packet_id is not None:
         head += _pack_u16(p.packet_id or 0)
     if version >= MQTT_5:
         head += encode_properties(p.properties)
     n = len(head) + len(p.payload)
-    first = 0x30 | (p.dup << 3) | ((p.qos & 3) << 1) | bool(p.retain)
+    first = 0x30 | (p.dup << 3) | ((qos & 3) << 1) | bool(p.retain)
     if n < 128:
-        return bytes((first, n)) + head + p.payload
-    return bytes((first,)) + encode_vbi(n) + head + p.payload
+        return _pack_bb(first, n) + head
+    return bytes((first,)) + encode_vbi(n) + head
 
 
 def _props(version, props, raw):
@@ -656,6 +693,9 @@ class Decoder:
     `version` is the protocol level used for packets other than CONNECT; decoding a CONNECT sets
     it (a server-side decoder learns the version that way). After a ProtocolError the stream
     cannot be resynchronised; the decoder stays failed and re-raises.
+
+    Packets are decoded straight from the chunk they arrived in: a PUBLISH payload is the one copy
+    made of its bytes. Only a packet split across chunks is assembled in a buffer first.
     """
 
     __slots__ = ("version", "max_packet_size", "_buf", "error")
@@ -663,7 +703,7 @@ class Decoder:
     def __init__(self, version: int = MQTT_3_1_1, max_packet_size: int | None = None):
         self.version = version
         self.max_packet_size = max_packet_size
-        self._buf = bytearray()
+        self._buf = bytearray()  # the start of a packet that the next chunk completes
         self.error: ProtocolError | None = None
 
     @property
@@ -672,91 +712,210 @@ class Decoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list:
-        return [p for p, _ in self.feed_raw(data)]
+        if self._buf or self.error is not None or type(data) is not bytes or self.version >= MQTT_5 \
+                or self.max_packet_size is not None:
+            return self._feed(data, False)
+        # The hot path, inline (a call costs as much as decoding a field here): whole 3.1.x PUBLISH packets
+        # whose topic was decoded and checked before, and 2-byte acks. Anything else goes on in _feed(),
+        # which checks everything and raises the errors.
+        out: list = []
+        n = len(data)
+        pos = 0
+        topics = _TOPICS_IN
+        while n - pos >= 4:
+            first = data[pos]
+            length = data[pos + 1]
+            body = pos + 2
+            if length >= 128:
+                b = data[body]
+                if b >= 128 or n - pos < 5:
+                    break
+                length = (length & 127) | (b << 7)
+                body += 1
+            stop = body + length
+            if stop > n:
+                break
+            if first & 0xF0 == 0x30:
+                qos = (first >> 1) & 3
+                s = body + 2
+                e = s + ((data[body] << 8) | data[body + 1])
+                if qos:
+                    if qos == 3 or e + 2 > stop:
+                        break
+                    topic = topics.get(data[s:e])
+                    pid = (data[e] << 8) | data[e + 1]
+                    if topic is None or not pid:
+                        break
+                    out.append(Publish(topic, data[e + 2:stop], qos, bool(first & 1), bool(first & 8), pid, {}))
+                else:
+                    if first & 8 or e > stop:
+                        break
+                    topic = topics.get(data[s:e])
+                    if topic is None:
+                        break
+                    out.append(Publish(topic, data[e:stop], 0, bool(first & 1), False, None, {}))
+            elif length == 2 and first in _ACK_FIRST:
+                pid = (data[body] << 8) | data[body + 1]
+                if not pid:
+                    break
+                out.append(_ACK_FIRST[first](pid, 0, {}))
+            else:
+                break
+            pos = stop
+        if pos == n:
+            return out
+        return self._feed(data, False, pos, out)
 
     def feed_raw(self, data: bytes) -> list[tuple[object, bytes]]:
         """Like feed(), but pairs each packet with its exact bytes (for logs, pcap and proxies).
 
         On a malformed packet, raises ProtocolError whose `.decoded` holds the packets that
-        preceded it in this call.
+        preceded it in this call (and `.decoded_raw` the (packet, bytes) pairs).
         """
+        return self._feed(data, True)
+
+    def _feed(self, data, raw: bool, pos: int = 0, out: list | None = None) -> list:
+        """Decode `data` from `pos` (earlier packets of it already in `out`)."""
         if self.error is not None:
             raise self.error
-        buf = self._buf
-        buf += data
-        out = []
-        pos = 0
-        n = len(buf)
+        if type(data) is not bytes:
+            data = bytes(data)
+        if out is None:
+            out = []
         version = self.version
+        done = b""  # the completed earlier packet, for the error path
+        if self._buf:
+            buf = self._buf
+            # Complete the packet an earlier chunk started, copying only its own bytes from this chunk.
+            head = bytes(buf[:5]) + data[:5] if len(buf) < 5 else buf
+            if len(head) < 2:
+                buf += data
+                return out
+            try:
+                length, end = (head[1], 2) if head[1] < 128 else _peek_vbi(head, 1, self.version)
+                if end >= 0:
+                    self._check_size(end + length, head[:end])
+            except ProtocolError as exc:
+                self._fail(exc, out, raw, bytes(buf) + data, b"", version)
+            if end < 0 or end + length - len(buf) > len(data):
+                buf += data
+                return out
+            pos = end + length - len(buf)
+            buf += memoryview(data)[:pos]
+            done = bytes(buf)
+            buf.clear()
+            try:
+                self._parse(done, 0, out, raw)
+            except ProtocolError as exc:
+                self._fail(exc, out, raw, done + data[pos:], b"", version)
+        start = pos
+        try:
+            pos = self._parse(data, pos, out, raw)
+        except ProtocolError as exc:
+            self._fail(exc, out, raw, data[exc.at:], done + data[start:exc.at], version)
+        if pos < len(data):
+            self._buf += memoryview(data)[pos:]
+        return out
+
+    def _check_size(self, size: int, header) -> None:
+        if self.max_packet_size is not None and size > self.max_packet_size:
+            raise ProtocolError(f"packet of {size} bytes exceeds Maximum Packet Size {self.max_packet_size}",
+                                ref("packet_too_large", self.version), bytes(header), 0x95)
+
+    def _fail(self, exc: ProtocolError, out: list, raw: bool, rest: bytes, good: bytes, version: int):
+        """Record the error: the buffer keeps `rest`, the bytes from the bad packet on; the decoder stays
+        failed. `good` are the bytes of the packets decoded before it (their raw bytes, for feed())."""
+        if raw:
+            exc.decoded, exc.decoded_raw = [p for p, _ in out], out
+        else:
+            exc.decoded, exc.decoded_raw = out, Decoder(version).feed_raw(good) if good else []
+        self.error = exc
+        self._buf = bytearray(rest)
+        raise exc
+
+    def _parse(self, data: bytes, pos: int, out: list, raw: bool) -> int:
+        """Decode the whole packets of `data` from `pos`; returns where the first incomplete one starts.
+        A ProtocolError carries `.at`, the offset of the packet that broke."""
+        n = len(data)
+        version = self.version
+        limit = self.max_packet_size
+        append = out.append
+        start = pos
         try:
             while n - pos >= 2:
-                first = buf[pos]
-                b = buf[pos + 1]
+                start = pos
+                first = data[pos]
+                b = data[pos + 1]
                 if b < 128:
                     length, hdr = b, 2
                 else:
-                    length, end = _peek_vbi(buf, pos + 1, version)
+                    length, end = _peek_vbi(data, pos + 1, version)
                     if end < 0:
                         break
                     hdr = end - pos
-                if self.max_packet_size is not None and hdr + length > self.max_packet_size:
-                    raise ProtocolError(f"packet of {hdr + length} bytes exceeds Maximum Packet Size "
-                                        f"{self.max_packet_size}", ref("packet_too_large", version),
-                                        bytes(buf[pos:pos + hdr]), 0x95)
+                if limit is not None and hdr + length > limit:
+                    self._check_size(hdr + length, data[pos:pos + hdr])
                 stop = pos + hdr + length
                 if stop > n:
                     break
-                raw = bytes(buf[pos:stop])
-                packet = _fast_decode(first, raw, hdr, length, version)
-                if packet is None:
-                    packet = _decode_one(first, raw[hdr:], version, raw)
-                if first >> 4 == 1:
-                    version = self.version = packet.protocol_level
-                out.append((packet, raw))
+                packet = _fast_decode(first, data, pos + hdr, stop, version)
+                if packet is None or raw:
+                    whole = data if (stop - pos) == n else data[pos:stop]
+                    if packet is None:
+                        packet = _decode_one(first, whole[hdr:], version, whole)
+                        if first >> 4 == 1:
+                            version = self.version = packet.protocol_level
+                    append((packet, whole) if raw else packet)
+                else:
+                    append(packet)
                 pos = stop
         except ProtocolError as exc:
-            exc.decoded = [p for p, _ in out]
-            exc.decoded_raw = out
-            self.error = exc
-            del buf[:pos]
+            exc.at = start
             raise
-        if pos:
-            del buf[:pos]
-        return out
+        return pos
 
 
-def _fast_decode(first: int, raw: bytes, hdr: int, length: int, version: int):
-    """The common, valid cases of PUBLISH and the 2-byte acks, decoded inline.
+_TOPICS_IN: dict[bytes, str] = {}  # topic bytes already checked (UTF-8, no U+0000, no wildcard) -> str
+
+
+def _fast_decode(first: int, data: bytes, start: int, stop: int, version: int):
+    """The common, valid cases of PUBLISH and the 2-byte acks, decoded inline from data[start:stop]
+    (the packet's body).
 
     Returns None for anything unusual, which then takes the full, checking path (so every
     error is still raised there, with its statement)."""
     t = first >> 4
     if t == 3:
-        if version >= MQTT_5 or length < 2:
+        if version >= MQTT_5 or stop - start < 2:
             return None
         qos = (first >> 1) & 3
         if qos == 3 or (qos == 0 and first & 8):
             return None
-        tl = (raw[hdr] << 8) | raw[hdr + 1]
-        start = hdr + 2
-        end = start + tl
-        if end + (2 if qos else 0) > len(raw) or not tl:
+        s = start + 2
+        end = s + ((data[start] << 8) | data[start + 1])
+        if end == s or end + (2 if qos else 0) > stop:
             return None
-        try:
-            topic = raw[start:end].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        if "\x00" in topic or "+" in topic or "#" in topic:
-            return None
+        raw_topic = data[s:end]
+        topic = _TOPICS_IN.get(raw_topic)
+        if topic is None:
+            try:
+                topic = raw_topic.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            if "\x00" in topic or "+" in topic or "#" in topic:
+                return None
+            if len(_TOPICS_IN) >= _TOPIC_CACHE_MAX:
+                _TOPICS_IN.clear()
+            _TOPICS_IN[raw_topic] = topic
         pid = None
         if qos:
-            pid = (raw[end] << 8) | raw[end + 1]
+            pid = (data[end] << 8) | data[end + 1]
             if not pid:
                 return None
             end += 2
-        return Publish(topic, raw[end:], qos, bool(first & 1), bool(first & 8), pid, {})
-    if length == 2 and 4 <= t <= 7 and (first & 0x0F) == _FIXED_FLAGS[t]:
-        pid = (raw[hdr] << 8) | raw[hdr + 1]
+        return Publish(topic, data[end:stop], qos, bool(first & 1), bool(first & 8), pid, {})
+    if stop - start == 2 and 4 <= t <= 7 and (first & 0x0F) == _FIXED_FLAGS[t]:
+        pid = (data[start] << 8) | data[start + 1]
         if pid:
             return _ACK_CLASSES[t](pid, 0, {})
     return None

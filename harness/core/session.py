@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from harness.core.codec import Decoder, encode, encode_vbi
+from harness.core.codec import Decoder, encode, encode_vbi, publish_header
 from harness.core.packets import (
     MQTT_5, Auth, Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
     Suback, Subscribe, Subscription, Unsuback, Unsubscribe, Will,
@@ -24,7 +24,12 @@ from harness.core.packets import (
 from harness.core.statements import ref
 from harness.errors import ProtocolError
 
-DEFAULT_WINDOW_311 = 20  # mosquitto's default max_inflight_messages; above it QoS 2 is lost (perf-baselines §3.1)
+DEFAULT_WINDOW_311 = 20  # QoS 2 in 3.1.1: mosquitto's default max_inflight_messages; above it QoS 2 is lost (perf-baselines §3.1)
+# QoS 1 and 2 together in 3.1.1. 3.1.1 has no flow control, and a QoS 1 PUBLISH beyond a broker's in-flight
+# quota is queued, not lost (mosquitto, aedes, amqtt, nats: tests/test_client_brokers.py), so only QoS 2 keeps
+# the tight window; a window of 20 costs a QoS 1 publisher one broker round trip per 20 messages.
+DEFAULT_WINDOW_311_TOTAL = 1000
+LARGE_PAYLOAD = 2048  # from this size a PUBLISH payload is queued as its own piece, not copied behind its header
 
 
 class State(Enum):
@@ -85,7 +90,8 @@ class SessionConfig:
     password: bytes | None = None
     will: Will | None = None
     properties: dict = field(default_factory=dict)  # v5 CONNECT properties
-    max_inflight: int | None = None  # outgoing window; default Receive Maximum (v5) or 20
+    max_inflight: int | None = None  # outgoing window (QoS 1 and 2); default Receive Maximum (v5), or in 3.1.1
+    # DEFAULT_WINDOW_311_TOTAL of which at most DEFAULT_WINDOW_311 QoS 2
     manual_acks: bool = False
     ping_timeout: float | None = None  # default: half the keepalive, at least 1 s
 
@@ -97,18 +103,21 @@ class ClientSession:
         self.version = c.version
         self.state = State.DISCONNECTED
         self._decoder = Decoder(c.version)
-        self._out: list[bytes] = []  # encoded packets not yet taken by data_to_send()
+        self._out: list[bytes] = []  # encoded packets (or a PUBLISH's header and payload) not yet taken
         self._events: list = []
         self._next_pid = 1
         self.outgoing: dict[int, _Outgoing] = {}  # QoS 1/2 publishes in flight, by packet id
         self.inflight = 0  # entries of `outgoing` that were sent (the window counts these)
+        self.inflight_qos2 = 0  # of those, QoS 2 flows
         self.pending: deque[int] = deque()  # packet ids of QoS 1/2 publishes waiting for a window slot
         self.requests: dict[int, object] = {}  # SUBSCRIBE/UNSUBSCRIBE awaiting their ack
         self.incoming_qos2: set[int] = set()  # PUBREC sent, PUBREL not yet received
         self.incoming_unacked: set[int] = set()  # QoS 1/2 received, ack not yet sent (v5 Receive Maximum)
         self.connack: Connack | None = None
         self.server_keepalive: int | None = None
-        self.window = c.max_inflight or DEFAULT_WINDOW_311
+        # `window` bounds QoS 1 and 2 flows in flight together, `window_qos2` the QoS 2 ones among them.
+        self.window = c.max_inflight or DEFAULT_WINDOW_311_TOTAL
+        self.window_qos2 = c.max_inflight or DEFAULT_WINDOW_311
         self.alias_in: dict[int, str] = {}
         self.alias_out: dict[str, int] = {}
         self.alias_out_max = 0
@@ -121,6 +130,13 @@ class ClientSession:
         data = b"".join(self._out)  # one packet: the same object, no copy
         self._out.clear()
         return data
+
+    def take_output(self) -> list[bytes]:
+        """What data_to_send() would join, as the pieces it is made of (for a writer that sends pieces as
+        they are: a large payload is then never copied). The list is the caller's."""
+        out = self._out
+        self._out = []
+        return out
 
     def _send(self, packet, now: float | None = None) -> bytes:
         raw = encode(packet, self.version)
@@ -169,11 +185,14 @@ class ClientSession:
         if qos:
             pid = packet.packet_id = self.allocate_packet_id()
             entry = self.outgoing[pid] = _Outgoing(packet, Puback if qos == 1 else Pubrec)
-            if self.state is not State.CONNECTED or self.inflight >= self.window:
-                self.pending.append(pid)
+            if (self.state is not State.CONNECTED or self.pending or self.inflight >= self.window
+                    or (qos == 2 and self.inflight_qos2 >= self.window_qos2)):
+                self.pending.append(pid)  # in order: nothing overtakes a publish waiting for the window
                 return packet
             entry.sent = True
             self.inflight += 1
+            if qos == 2:
+                self.inflight_qos2 += 1
         if self.state is State.CONNECTED:
             self._send_publish(packet, now, use_alias)
         return packet
@@ -190,14 +209,35 @@ class ClientSession:
                 alias = len(self.alias_out) + 1
                 self.alias_out[packet.topic] = alias
                 packet.properties["topic_alias"] = alias
-        self._send(packet, now)
+        self._send_pub(packet, now)
+
+    def _send_pub(self, packet: Publish, now) -> None:
+        payload = packet.payload
+        if len(payload) < LARGE_PAYLOAD or type(payload) is not bytes:
+            self._send(packet, now)
+            return
+        self._out.append(publish_header(packet, self.version))
+        self._out.append(payload)  # immutable, so the writer may send it later as it is
+        if now is not None:
+            self.last_sent = now
 
     def _release_pending(self, now):
-        while self.pending and self.inflight < self.window:
-            entry = self.outgoing[self.pending.popleft()]
+        pending, outgoing = self.pending, self.outgoing
+        while pending and self.inflight < self.window:
+            entry = outgoing[pending[0]]
+            qos2 = entry.awaiting is not Puback
+            if qos2 and self.inflight_qos2 >= self.window_qos2:
+                break
+            pending.popleft()
             entry.sent = True
             self.inflight += 1
-            self._send(entry.publish, now)
+            self.inflight_qos2 += qos2
+            self._send_pub(entry.publish, now)
+
+    def _flow_done(self, packet_id: int) -> None:
+        if self.outgoing.pop(packet_id).publish.qos == 2:
+            self.inflight_qos2 -= 1
+        self.inflight -= 1
 
     def subscribe(self, subscriptions: list[Subscription], properties: dict | None = None,
                   now: float | None = None) -> Subscribe:
@@ -295,8 +335,7 @@ class ClientSession:
                                         f"{type(p).__name__.upper()} for packet id {p.packet_id} "
                                         "which is not awaiting one", p))
                 return
-            del self.outgoing[p.packet_id]
-            self.inflight -= 1
+            self._flow_done(p.packet_id)
             events.append(PublishDone(p.packet_id, p))
             self._release_pending(now)
         elif t == 5:
@@ -308,8 +347,7 @@ class ClientSession:
                     self._send(Pubrel(p.packet_id), now)
                 return
             if p.reason_code >= 0x80:
-                del self.outgoing[p.packet_id]
-                self.inflight -= 1
+                self._flow_done(p.packet_id)
                 events.append(PublishDone(p.packet_id, p))
                 self._release_pending(now)
             elif not self.config.manual_acks:
@@ -342,8 +380,8 @@ class ClientSession:
         self.state = State.CONNECTED
         props = p.properties
         if self.version >= MQTT_5:
-            rm = props.get("receive_maximum", 65535)
-            self.window = min(rm, self.config.max_inflight or rm)
+            rm = props.get("receive_maximum", 65535)  # the broker's own limit, so QoS 2 needs no tighter one
+            self.window = self.window_qos2 = min(rm, self.config.max_inflight or rm)
             self.alias_out_max = props.get("topic_alias_maximum", 0)
             self.server_keepalive = props.get("server_keep_alive")
         if self.config.clean and p.session_present:
@@ -357,7 +395,7 @@ class ClientSession:
                 self._events.append(SessionDiscarded(started))
                 for pid in started:
                     del self.outgoing[pid]
-                self.inflight = 0
+                self.inflight = self.inflight_qos2 = 0
             self.incoming_qos2.clear()
         self._release_pending(now)
 
@@ -371,7 +409,7 @@ class ClientSession:
             else:
                 entry.publish.dup = True
                 entry.publish.properties.pop("topic_alias", None)  # aliases do not survive a connection
-                self._send(entry.publish, now)
+                self._send_pub(entry.publish, now)
 
     def _on_publish(self, p: Publish, now):
         events = self._events
@@ -442,4 +480,4 @@ class ClientSession:
 
 
 __all__ = ["ClientSession", "SessionConfig", "State", "PublishDone", "Violation", "KeepaliveTimeout",
-           "SessionDiscarded", "DEFAULT_WINDOW_311", "encode_vbi"]
+           "SessionDiscarded", "DEFAULT_WINDOW_311", "DEFAULT_WINDOW_311_TOTAL", "encode_vbi"]
