@@ -11,7 +11,7 @@ import pytest
 from harness.core.codec import summary
 from harness.core.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel
 from harness.core.reason_codes import ALLOWED
-from harness.expect import expect_nothing, expect_packet, received
+from harness.expect import collect, expect_nothing, expect_packet, received
 from harness.packet_log import IN
 
 pytestmark = pytest.mark.v5_only
@@ -133,3 +133,59 @@ async def test_qos2_pubrel_owed_after_the_message_expired_is_resent(client_facto
     await expect_packet(sub, Pubrel, packet_id=message.packet_id)
     sub.complete(message.packet_id)
     await end_session(sub)
+
+
+async def refused_qos2_publish(client, topic: str) -> tuple[int, list[int]] | None:
+    """Get the broker to answer a QoS 2 PUBLISH with PUBREC 0x80 or above; returns (its packet id, the packet ids of
+    flows left open that the caller must release), or None if the broker refused none. Two ways: a payload that is
+    not the UTF-8 its Payload Format Indicator says (0x99, where the broker validates), and one QoS 2 flow more
+    than the broker's Receive Maximum (0x97 Quota exceeded, where it answers that rather than DISCONNECT 0x93)."""
+    await client.send(Publish(topic + "a", b"\xff\xfe", qos=2, packet_id=1,
+                              properties={"payload_format_indicator": 1}))
+    rec = await expect_packet(client, Pubrec, packet_id=1)
+    if rec.reason_code >= 0x80:
+        return 1, []
+    await client.send(Pubrel(1))
+    await expect_packet(client, Pubcomp, packet_id=1)
+    quota = client.connack.properties.get("receive_maximum", 65535)
+    if quota > 100:
+        return None
+    open_ids = list(range(1, quota + 1))
+    for pid in open_ids:  # fill the quota: no PUBREL yet
+        await client.send(Publish(topic + "a", b"fill %d" % pid, qos=2, packet_id=pid))
+    for pid in open_ids:
+        await expect_packet(client, Pubrec, packet_id=pid)
+    await client.send(Publish(topic + "a", b"over quota", qos=2, packet_id=quota + 1))
+    await client.ping()
+    over = [p for p in received(client, Pubrec) if p.packet_id == quota + 1]
+    if client.is_closed or not over or over[0].reason_code < 0x80:
+        return None
+    return quota + 1, open_ids
+
+
+@pytest.mark.spec("MQTT-4.3.3-9")
+@QOS2
+async def test_packet_id_refused_with_pubrec_0x80_starts_a_new_message(client_factory, topic):
+    """After a PUBREC of 0x80 or above, the next PUBLISH with that packet id is a new message (delivered once
+    completed), not a resend of the refused one."""
+    watch = await client_factory(name="watch")
+    await watch.subscribe(topic + "a", qos=2)
+    client = await client_factory(name="client")
+    # Raw packets: our session would never reuse a packet id this way.
+    refused = await refused_qos2_publish(client, topic)
+    if refused is None:
+        pytest.skip("the broker refused none of our QoS 2 PUBLISHes with a PUBREC (it may accept the payload, and "
+                    "close on an exceeded quota): no failing PUBREC to test what follows")
+    pid, open_ids = refused
+    for other in open_ids:  # complete the flows that filled the quota: there is room again
+        await client.send(Pubrel(other))
+        await expect_packet(client, Pubcomp, packet_id=other)
+    await client.send(Publish(topic + "a", b"new message", qos=2, packet_id=pid))
+    second = await expect_packet(client, Pubrec, packet_id=pid)
+    assert second.reason_code < 0x80, f"the broker refused a valid message: {summary(second)}"
+    await client.send(Pubrel(pid))
+    await expect_packet(client, Pubcomp, packet_id=pid)
+    # The fills, and on that route the accepted first message, reach the watcher too; the refused one must not.
+    expected = 1 + len(open_ids) + (1 if open_ids else 0)
+    payloads = [m.payload for m in await collect(watch, expected, after=client)]
+    assert payloads.count(b"new message") == 1 and b"over quota" not in payloads, payloads
