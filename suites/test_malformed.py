@@ -27,6 +27,7 @@ from harness.core.packets import (
     Subscribe, Subscription, Unsuback, Unsubscribe, Will,
 )
 from harness.core.reason_codes import reason_name
+from harness.errors import ConnectionClosed, Timeout
 from harness.expect import expect_closed, expect_nothing, expect_packet, received
 
 pytestmark = pytest.mark.requires(qos1=True)  # the broker-still-serves check is a QoS 1 round trip
@@ -187,7 +188,7 @@ ILL_FORMED_UTF8 = [
 ]
 
 
-@pytest.mark.spec(v311="MQTT-4.8.0-1", v5="MQTT-4.13.1-1")
+@pytest.mark.spec("MQTT-3.3.2-1", v311="MQTT-4.8.0-1", v5="MQTT-4.13.1-1")
 @pytest.mark.parametrize("bad", ILL_FORMED_UTF8)
 async def test_broker_closes_on_ill_formed_utf8_in_topic_name(client_factory, topic, bad):
     client = await client_factory()
@@ -204,6 +205,125 @@ async def test_broker_refuses_ill_formed_utf8_in_client_id(client_factory, topic
     client = await open_raw(client_factory)
     await client.send_raw(encode(connect_packet(client, client_id=b"mh" + bad), client.version))
     await expect_connect_refused(client, {MALFORMED, 0x85} if client.version >= MQTT_5 else {0x02})
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec("MQTT-3.1.4-1", v311="MQTT-3.1.3-10", v5=["MQTT-3.1.3-11", "MQTT-3.14.0-1"])
+@pytest.mark.parametrize("bad", ILL_FORMED_UTF8)
+async def test_broker_refuses_ill_formed_utf8_in_will_topic(client_factory, topic, bad):
+    watcher = await watching(client_factory, topic + "#")
+    client = await open_raw(client_factory)
+    await client.send_raw(encode(connect_packet(client, will=Will((topic + "will").encode() + bad, b"w")),
+                                 client.version))
+    await expect_connect_refused(client, {MALFORMED} if client.version >= MQTT_5 else ())
+    await expect_nothing(watcher)  # no Will with a broken topic, either
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec("MQTT-3.1.4-1", v311="MQTT-3.1.3-11", v5=["MQTT-3.1.3-12", "MQTT-3.14.0-1"])
+@pytest.mark.parametrize("bad", ILL_FORMED_UTF8)
+async def test_broker_refuses_ill_formed_utf8_in_user_name(client_factory, topic, bad):
+    """MQTT 5 may also answer 0x86 (Bad User Name or Password); 3.1.1 closes, or refuses with 0x04."""
+    client = await open_raw(client_factory)
+    await client.send_raw(encode(connect_packet(client, username=b"mh" + bad, password=b"p"), client.version))
+    await expect_connect_refused(client, {MALFORMED, 0x86} if client.version >= MQTT_5 else {0x04})
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec("MQTT-3.8.3-1", v311="MQTT-4.8.0-1", v5="MQTT-4.13.1-1")
+@pytest.mark.parametrize("bad", ILL_FORMED_UTF8)
+async def test_broker_closes_on_ill_formed_utf8_in_a_subscribe_filter(client_factory, topic, bad):
+    client = await client_factory()
+    await client.send_raw(encode(Subscribe(1, [Subscription((topic + "a").encode() + bad, 1)]), client.version))
+    await expect_refused(client, {MALFORMED, 0x8F}, never=(Suback,))  # 0x8F Topic Filter invalid
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec("MQTT-3.10.3-1", v311="MQTT-4.8.0-1", v5="MQTT-4.13.1-1")
+@pytest.mark.parametrize("bad", ILL_FORMED_UTF8)
+async def test_broker_closes_on_ill_formed_utf8_in_an_unsubscribe_filter(client_factory, topic, bad):
+    client = await client_factory()
+    await client.subscribe(topic + "a", qos=1)
+    await client.send_raw(encode(Unsubscribe(2, [(topic + "a").encode() + bad]), client.version))
+    await expect_refused(client, {MALFORMED, 0x8F}, never=(Unsuback,))
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec("MQTT-4.7.3-2", v311="MQTT-4.8.0-1", v5="MQTT-4.13.1-1")
+@pytest.mark.parametrize("where", ["topic_name", "topic_filter"])
+async def test_broker_closes_on_null_character_in_a_topic(client_factory, topic, where):
+    client = await client_factory()
+    if where == "topic_name":
+        await client.send_raw(encode(Publish(topic + "a\x00b", b"x", qos=1, packet_id=1), client.version))
+        never = (Puback,)
+    else:
+        await client.send_raw(encode(Subscribe(1, [Subscription(topic + "a\x00b", 1)]), client.version))
+        never = (Suback,)
+    await expect_refused(client, {MALFORMED, 0x8F, 0x90}, never=never)
+    await still_serving(client_factory, topic)
+
+
+def _v5_property(name: str, value, sid: str):
+    return pytest.param(name, value, id=name, marks=pytest.mark.spec(v5=sid))
+
+
+@pytest.mark.spec(v5=["MQTT-1.5.4-1", "MQTT-4.13.1-1"])
+@pytest.mark.v5_only
+@pytest.mark.parametrize("name, value", [
+    _v5_property("response_topic", b"\xc3\x28", "MQTT-3.3.2-13"),
+    _v5_property("content_type", b"\xc3\x28", "MQTT-3.3.2-19"),
+    _v5_property("user_property", [(b"\xc3\x28", b"v")], "MQTT-1.5.7-1"),
+    _v5_property("user_property", [(b"k", b"\xed\xa0\x80")], "MQTT-1.5.7-1"),
+])
+async def test_broker_refuses_ill_formed_utf8_in_a_publish_property(client_factory, topic, name, value):
+    """The broker closes (DISCONNECT 0x81, if any). Forwarding it would hand a subscriber the broken string."""
+    watcher = await watching(client_factory, topic + "a")
+    client = await client_factory()
+    await client.send_raw(encode(Publish(topic + "a", b"x", qos=1, packet_id=1), client.version,
+                                 raw_properties=property_bytes(**{name: value})))
+    await expect_refused(client, {MALFORMED}, never=(Puback,))
+    await expect_nothing(watcher)
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec(v5=["MQTT-3.3.2-14", "MQTT-4.13.1-1"])
+@pytest.mark.v5_only
+@WILDCARDS
+async def test_broker_does_not_forward_a_response_topic_with_wildcards(client_factory, topic):
+    """The broker may close on it (a Protocol Error: 0x82, if it says) or drop it, but it must not send a PUBLISH
+    whose Response Topic has a wildcard: the watcher's strict decoder would flag that as [MQTT-3.3.2-14]."""
+    watcher = await watching(client_factory, topic + "a")
+    client = await client_factory()
+    await client.send_raw(encode(Publish(topic + "a", b"x", qos=1, packet_id=1,
+                                         properties={"response_topic": topic + "reply/+"}), client.version))
+    try:
+        await client.ping()  # the broker has handled the PUBLISH: closed, or answered it
+    except (ConnectionClosed, Timeout):
+        pass
+    if client.is_closed:
+        sent = client.server_disconnect
+        assert sent is None or sent.reason_code == PROTOCOL_ERROR, summary(sent)
+    await expect_nothing(watcher)
+    assert not watcher.violations, watcher.violations
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec(v311=["MQTT-3.8.3-4", "MQTT-4.8.0-1"], v5=["MQTT-3.8.3-5", "MQTT-4.13.1-1"])
+async def test_broker_closes_on_subscribe_with_reserved_option_bits(client_factory, topic):
+    """Bits 7-6 of the Subscription Options (3.1.1: bits 7-2 of the requested QoS byte) must be 0."""
+    client = await client_factory()
+    await client.send_raw(encode(Subscribe(1, [Subscription(topic + "a", 1, reserved=0x80)]), client.version))
+    await expect_refused(client, {MALFORMED}, never=(Suback,))
+    await still_serving(client_factory, topic)
+
+
+@pytest.mark.spec(v311=["MQTT-3.1.2-18", "MQTT-3.1.4-1"])
+@pytest.mark.v311_only
+async def test_broker_refuses_a_user_name_without_the_user_name_flag(client_factory, topic):
+    """The field is there, the flag says it is not: the CONNECT's Remaining Length covers bytes no field claims."""
+    client = await open_raw(client_factory)
+    await client.send_raw(encode(connect_packet(client, username="stray", username_flag=False), client.version))
+    await expect_connect_refused(client)
     await still_serving(client_factory, topic)
 
 
