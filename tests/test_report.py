@@ -297,3 +297,10 @@ def test_a_report_from_before_measurements_and_slowest_still_validates_and_rende
     assert main(["report", "render", str(tmp_path / "old" / "report.json")]) == 0
     assert "The 10 slowest tests" in (tmp_path / "old" / "report.html").read_text()  # derived from the results
     assert load(tmp_path / "old" / "report.json").results[0].measurements == []
+
+
+def test_junit_carries_measurements_and_their_warnings():
+    root = ET.fromstring(junit.render(measured_report()))
+    props = [(p.get("name"), p.get("value")) for p in root.iter("property")]
+    assert ("keepalive_window", "3.3 s (1.650 x keepalive 2 s)") in props
+    assert ("keepalive_window", "2.4 s (1.200 x keepalive 2 s)") in props and ("warning", "closed early") in props

@@ -47,10 +47,15 @@ def _testcase(suite: ET.Element, result: Result) -> None:
     where += f".{result.device}" if result.device else ""
     case = ET.SubElement(suite, "testcase", classname=f"{where}.{result.area}",
                          name=f"{name or path}{version}", file=path, time=f"{result.duration:.3f}")
-    if result.statements:
+    if result.statements or result.measurements:
         props = ET.SubElement(case, "properties")
         for sid in result.statements:
             ET.SubElement(props, "property", name="statement", value=sid)
+        for m in result.measurements:  # e.g. keepalive_window = "3.01 s (1.505 x keepalive 2 s)"
+            ratio = f" ({m.ratio:.3f} x {m.ratio_of})" if m.ratio is not None else ""
+            ET.SubElement(props, "property", name=m.name, value=_text(f"{m.value:g} {m.unit}{ratio}"))
+            if m.warning:
+                ET.SubElement(props, "property", name="warning", value=_text(m.warning))
     reason = _text(result.reason)
     detail = _text(result.artifacts.failure or "")
     if result.outcome == FAILED:
