@@ -3,8 +3,9 @@
 Sections: warnings (measurements the spec allows but a reader should see), per-broker summary (with what was
 measured on each broker, e.g. its keepalive window), the brokers x tests matrix (grouped by area), statement
 coverage with the OASIS wording, the run with its ten slowest tests, and one detail panel per result (expected vs
-received packet, failure text, measurements, packet logs, broker log), opened by clicking a matrix cell. Panels open through the URL fragment (#r-N) with CSS :target, so a link to one
-works without JavaScript; the script only adds filtering, Escape to close, and data-open for tests.
+received packet, failure text, measurements, packet logs, broker log), opened by clicking a matrix cell. Panels
+open through the URL fragment (#r-N) with CSS :target, so a link to one works without JavaScript; the script only
+adds filtering, Escape to close, and data-open for tests.
 """
 
 from __future__ import annotations
@@ -227,7 +228,8 @@ def _brokers(report: Report) -> str:
             f"<div class='sub'>{escape(broker.id)}{' · ' + escape(what) if what else ''}</div>"
             f"{_bar(counts)}<div class='counts'>"
             + "".join(_count(o, counts[o]) for o in OUTCOMES if counts[o])
-            + f"</div>{measured}<details><summary class='muted'>listeners, capabilities</summary><div class='muted'>{urls}</div>"
+            + f"</div>{measured}<details><summary class='muted'>listeners, capabilities</summary>"
+            f"<div class='muted'>{urls}</div>"
             f"<div class='muted'>capabilities ({escape(broker.capabilities_source or 'unknown')}): "
             f"{escape(cap_text)}</div>{notes}</details></div>")
     body = "".join(cards) or "<div class='empty'>No broker ran a test.</div>"
