@@ -193,6 +193,10 @@ def test_every_problem_cell_opens_its_failure_detail():
         assert "Failure" in opened  # its failure text shows at once
         if cell.all_text() != "error":  # ... and so do the packet logs, a known limit's included
             assert {"Packet log of subscriber", "Packet log of publisher"} <= opened, opened
+    every_id = {n.attrs["id"] for n in tree.walk() if "id" in n.attrs}
+    dangling = [a.attrs["href"] for a in tree.find("a") if a.attrs.get("href", "").startswith("#r-")
+                and a.attrs["href"][1:] not in every_id]
+    assert not dangling  # nor does any other link (statements, slowest tests, warnings) point nowhere
 
 
 def keepalive_result(broker: str, ratio: float, warning: str | None, outcome: str = "passed") -> Result:
@@ -212,6 +216,8 @@ def test_a_keepalive_window_below_one_and_a_half_renders_a_warning():
     anchor = ids[id(report.results[-2])]
     marks = [a for a in tree.find("a", "warn") if a.inside("section", id="matrix")]
     assert [a.attrs["href"] for a in marks] == [f"#{anchor}"]  # the passed cell carries the warning, visibly
+    row = next(n for n in tree.find("tr", "row") if "test_silent" in n.all_text())
+    assert row.attrs["data-problem"] == "1"  # "only problems" keeps it
     panel = next(n for n in tree.find("section", "detail") if n.attrs["id"] == anchor)
     assert [w.all_text() for w in panel.find("div", "warning")] == [f"\u26a0 {early}"]
     assert "1.200× keepalive 2 s" in panel.all_text()

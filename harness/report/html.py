@@ -259,7 +259,8 @@ def _matrix(report: Report, ids: dict[int, str]) -> str:
                 if result is None:
                     cells.append("<td class='cell muted'>·</td>")
                     continue
-                problem |= result.outcome in FAILING or result.outcome == XPASSED
+                # "only problems" shows warned rows too: a warning is there to be looked at
+                problem |= result.outcome in FAILING or result.outcome == XPASSED or bool(_warn_mark(result, ""))
                 cells.append(f"<td class='cell'>{_pill(result.outcome, ids[id(result)], result.reason)}"
                              f"{_warn_mark(result, ids[id(result)])}</td>")
             name = test.split("::", 1)[-1]
@@ -458,7 +459,8 @@ def _warnings(report: Report, ids: dict[int, str]) -> str:
                 items.append(f"<li>{_pill(r.outcome, ids[id(r)])} <b>{escape(r.broker or '')}</b> "
                              f"<span class='mono'>{escape(r.test.split('::', 1)[-1])}</span>{escape(version)}: "
                              f"{escape(m.warning)}</li>")
-    return (f"<section id='warnings'><h2>Warnings <span class='muted'>({len(warned)} results: allowed by the spec, "
+    many = f"{len(warned)} result{'s' if len(warned) != 1 else ''}"
+    return (f"<section id='warnings'><h2>Warnings <span class='muted'>({many}: allowed by the spec, "
             "so not failures, but worth a look)</span></h2><div class='card warning'><ul>"
             f"{''.join(items)}</ul></div></section>")
 
