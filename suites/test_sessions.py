@@ -55,7 +55,7 @@ async def test_persistent_session_is_resumed_with_session_present_1(client_facto
 
 # ------------------------------------------------------------------------------------------------ what a session keeps
 
-@pytest.mark.spec(v311="MQTT-3.1.2-4", v5="MQTT-3.1.2-5")
+@pytest.mark.spec(v311=["MQTT-3.1.2-4", "MQTT-4.1.0-1"], v5="MQTT-3.1.2-5")
 async def test_subscriptions_survive_a_reconnect(client_factory, persistent, topic, end_session):
     sub = await stored_session(client_factory, topic, **persistent)
     await sub.open()
@@ -78,7 +78,7 @@ async def test_messages_published_while_away_are_delivered_on_reconnect(client_f
     await end_session(sub)
 
 
-@pytest.mark.spec(v311="MQTT-3.1.2-6", v5="MQTT-3.1.2-4")
+@pytest.mark.spec(v311=["MQTT-3.1.2-6", "MQTT-3.1.4-3"], v5=["MQTT-3.1.2-4", "MQTT-3.1.4-4"])
 async def test_clean_session_discards_the_previous_session(client_factory, persistent, topic, end_session):
     """Neither the subscription nor a message queued for the old session reaches the clean one."""
     sub = await stored_session(client_factory, topic, **persistent)
@@ -158,3 +158,45 @@ async def test_session_expires_after_the_session_expiry_interval(client_factory,
     await sub.open()
     assert not sub.connack.session_present, (
         f"the session was still there {expiry + timer_slack:g}s after a close with Session Expiry {expiry}s")
+
+
+# ------------------------------------------------------------------------------------------ whose session it is
+
+@pytest.mark.spec("MQTT-3.1.3-2")
+async def test_session_state_belongs_to_its_client_identifier(client_factory, persistent, topic, end_session):
+    """A stored session is resumed by its own Client Identifier only: another one (same everything else) gets a new
+    session (Session Present 0, none of the stored subscriptions), and the first still finds its session."""
+    owner = await stored_session(client_factory, topic, **persistent)
+    other = await client_factory(name="other", **persistent)
+    assert not other.connack.session_present, "another Client Identifier was given the stored session"
+    pub = await client_factory(name="pub")
+    await pub.publish(topic + "x", b"for the owner", qos=1)
+    await expect_nothing(other, after=pub)  # not subscribed: the owner's subscription is not its own
+    connack = await owner.open(clean=False)
+    assert connack.session_present
+    await expect_packet(owner, Publish, topic=topic + "x", payload=b"for the owner")
+    await end_session(owner)
+    await end_session(other)
+
+
+# ------------------------------------------------------------------------------- kept while the connection lasts
+
+@pytest.mark.spec(v311="MQTT-4.1.0-2", v5="MQTT-4.1.0-1")
+async def test_session_state_is_kept_for_as_long_as_the_connection_is_open(client_factory, topic, mqtt_version,
+                                                                          timer_slack):
+    """A session that ends with its connection (Clean Session 1; MQTT 5: Session Expiry 1 s, which only counts
+    once the connection closes) keeps its subscription and an unacknowledged message while the connection stays
+    open, past that expiry."""
+    props = {"properties": {"session_expiry_interval": 1}} if mqtt_version == "5" else {}
+    sub = await client_factory(name="sub", manual_acks=True, **props)
+    pub = await client_factory(name="pub")
+    await sub.subscribe(topic + "a", qos=1)
+    await pub.publish(topic + "a", b"held", qos=1)
+    held = await expect_packet(sub, Publish, topic=topic + "a", payload=b"held")
+    await asyncio.sleep(1 + timer_slack)  # models a connection that outlives the Session Expiry Interval
+    await sub.ping()
+    await pub.publish(topic + "a", b"later", qos=1)
+    later = await expect_packet(sub, Publish, topic=topic + "a", payload=b"later")
+    sub.ack(held)
+    sub.ack(later)
+    await expect_nothing(sub, after=pub)

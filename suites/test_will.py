@@ -30,12 +30,27 @@ def arrival(client: Client, packet) -> float:
 
 # ------------------------------------------------------------------------------------------------ when the will is sent
 
-@pytest.mark.spec("MQTT-3.1.2-8")
+@pytest.mark.spec("MQTT-3.1.2-8", v5="MQTT-3.1.2-7")  # v5: stored with the session, published from there
 async def test_will_is_published_when_the_connection_drops(client_factory, topic):
     watcher = await watch(client_factory, topic + "will")
     willer = await client_factory(name="willer", will=Will(topic + "will", b"gone"))
     willer.abort()  # no DISCONNECT
     await expect_packet(watcher, Publish, topic=topic + "will", payload=b"gone")
+
+
+@pytest.mark.spec(v311="MQTT-3.1.2-12", v5="§3.1.2.5")
+async def test_no_will_is_published_for_a_connection_without_one(client_factory, topic):
+    """Will Flag 0, then the connection drops: no message on any topic the client used (it published and
+    subscribed there, so a broker inventing a will from either would show)."""
+    watcher = await watch(client_factory, topic + "#")
+    client = await client_factory(name="no-will")  # no will
+    await client.subscribe(topic + "mine", qos=1)
+    await client.publish(topic + "mine", b"live", qos=1)
+    await expect_packet(watcher, Publish, topic=topic + "mine", payload=b"live")
+    client.abort()  # no DISCONNECT: a will, if there were one, would go now
+    await client.wait_closed()
+    await client.reconnect()  # the broker has handled the dropped connection before it answers this CONNECT
+    await expect_nothing(watcher, after=client)
 
 
 @pytest.mark.spec("MQTT-3.1.2-10", "MQTT-3.14.4-3")
