@@ -206,8 +206,9 @@ async def test_dup_flag_of_the_incoming_publish_is_not_propagated(client_factory
 
 # ------------------------------------------------------------------------------------- redelivery on reconnect
 
-@pytest.mark.spec("MQTT-4.4.0-1", "MQTT-3.3.1-1")
-@pytest.mark.parametrize("qos", [_qos_param(1), _qos_param(2)])
+@pytest.mark.spec("MQTT-4.4.0-1", "MQTT-3.3.1-1", v311="MQTT-2.3.1-4")  # resent with the same packet id
+@pytest.mark.parametrize("qos", [_qos_param(1, pytest.mark.spec(v5="MQTT-4.3.2-3")),
+                                 _qos_param(2, pytest.mark.spec(v5="MQTT-4.3.3-3"))])
 async def test_unacknowledged_publish_is_resent_with_dup_1_on_reconnect(
         client_factory, topic, persistent, end_session, qos):
     sub = await client_factory(manual_acks=True, **persistent)
@@ -223,7 +224,7 @@ async def test_unacknowledged_publish_is_resent_with_dup_1_on_reconnect(
     await end_session(sub)
 
 
-@pytest.mark.spec("MQTT-4.4.0-1", v311="MQTT-4.3.3-1", v5="MQTT-4.3.3-6")
+@pytest.mark.spec("MQTT-4.4.0-1", v311="MQTT-4.3.3-1", v5=["MQTT-4.3.3-6", "MQTT-4.3.3-5"])
 @QOS2
 async def test_pubrel_is_resent_on_reconnect_and_the_publish_is_not(client_factory, topic, persistent, end_session):
     sub = await client_factory(manual_acks=True, **persistent)

@@ -15,7 +15,7 @@ async def test_connect_is_accepted(client_factory):
     assert not client.connack.session_present  # a clean session never has state to resume
 
 
-@pytest.mark.spec("MQTT-3.3.2-3")
+@pytest.mark.spec("MQTT-3.3.2-3", v311="MQTT-7.1.1-1")  # over TCP, an ordered lossless byte stream
 async def test_publish_reaches_subscriber(client_factory, topic):
     sub = await client_factory()
     pub = await client_factory()
