@@ -24,7 +24,9 @@ out, so a wrong answer costs a round trip, not the whole timeout:
   sent on this connection (as many such answers as requests): the broker answers each request once, so no other
   can come. An ack of another packet id, or a PUBLISH, never rules anything out: more of those may follow.
 Packets of an earlier connection rule nothing out (the client may have reconnected since). Everything else waits
-for the timeout, as before: a test passes exactly when it passed before, only failures come sooner.
+for the timeout, as before. A test against a broker that keeps those statements passes exactly when it passed
+before; only failures come sooner. expect_closed(unless=...) and collect(idle=...) end early in the same spirit
+(see each); expect_nothing() and collect() also end at once when the connection closes.
 
 A failure's first line (the report's reason) names what was expected and the received packet that came closest,
 decoded (`decoded()`: type, packet id, topic, QoS, flags, reason codes with their names, properties and a payload
@@ -166,15 +168,29 @@ async def collect(client: Client, count: int, *, after: Client | Iterable[Client
     return [e.packet for e in entries[start:barrier] if e.direction == IN and isinstance(e.packet, Publish)]
 
 
-async def expect_closed(client: Client, *, timeout: float | None = None) -> str:
-    """Wait until the broker closes the connection; return the close reason."""
+async def expect_closed(client: Client, *, timeout: float | None = None, unless: tuple[type, ...] = ()) -> str:
+    """Wait until the broker closes the connection; return the close reason. `unless`: kinds of packet that would
+    answer what the broker must close the connection for (the PUBACK of a PUBLISH it must refuse): one received
+    since the last expectation fails at once, as the broker acted on the packet instead of closing. Without one,
+    nothing received decides it early: a PINGREQ probe would (a PINGRESP = kept open), but aedes and amqtt answer a
+    PINGREQ sent after a packet they then close the connection for, so correct tests would start failing."""
     __tracebackhide__ = True
-    try:
-        return await client.wait_closed(timeout)
-    except Timeout as exc:
+    timeout = client.timeout if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    start = _cursors.get(client, 0)
+    event = _event(client)
+    while not client.is_closed:
         entries = _entries(client)
-        _fail(client, f"{client.name}: expected the broker to close the connection: {exc}", "connection closed",
-              entries[_cursors.get(client, 0):], None, {})
+        answered = [e for e in entries[start:] if e.direction == IN and isinstance(e.packet, unless)] if unless else []
+        if answered:
+            _fail(client, f"{client.name}: expected the broker to close the connection, but it answered instead",
+                  "connection closed", entries[start:], None, {}, shown=answered[0].packet)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _fail(client, f"{client.name}: expected the broker to close the connection: {client.name}: connection "
+                  f"still open after {timeout:g}s", "connection closed", entries[start:], None, {})
+        await _news(client, event, remaining)
+    return await client.wait_closed(0)
 
 
 async def expect_redelivered(client: Client, first: Publish) -> Publish:

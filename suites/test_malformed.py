@@ -60,9 +60,9 @@ def _codes(codes: Collection[int]) -> str:
 
 async def expect_refused(client: Client, reasons: Collection[int], *, never: tuple[type, ...] = ()) -> None:
     """The broker closes the connection. A DISCONNECT it sends first (MQTT 5) carries one of `reasons`; no packet
-    of the kinds in `never` (the answer the bad packet would have had) arrives."""
+    of the kinds in `never` (the answer the bad packet would have had) arrives: one arriving fails at once."""
     __tracebackhide__ = True
-    await expect_closed(client)
+    await expect_closed(client, unless=never)
     sent = client.server_disconnect
     if sent is not None and client.version >= MQTT_5:
         assert sent.reason_code in reasons, (

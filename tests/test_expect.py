@@ -10,7 +10,7 @@ import pytest
 
 from harness.client import Client
 from harness.core.packets import Connack, Puback, Publish, Suback, Subscribe
-from harness.expect import ExpectationFailed, collect, expect_nothing, expect_packet, mark
+from harness.expect import ExpectationFailed, collect, expect_closed, expect_nothing, expect_packet, mark
 
 LONG = 30.0  # the expectation's timeout in the fail-at-once tests
 QUICK = 5.0  # they must fail well within this: a round trip, not the timeout
@@ -148,4 +148,20 @@ def test_collect_stops_when_nothing_more_arrives_for_idle(mosquitto, request):
             took = time.monotonic() - started
             assert [m.payload for m in got] == [b"only"]
             assert took < QUICK, f"collect waited {took:.1f}s with nothing arriving"
+    run(main())
+
+
+def test_expect_closed_fails_at_once_when_the_broker_answers_instead(mosquitto, request):
+    """A PUBLISH from a client must not carry a Subscription Identifier (MQTT-3.3.4-6): a broker must close the
+    connection. mosquitto 2.0 answers PUBACK instead (its documented known limit): that decides it."""
+    topic = f"expect/{request.node.name}"
+
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="5", manual_acks=True) as client:
+            mark(client)
+            await client.send(Publish(topic, b"x", qos=1, packet_id=1, properties={"subscription_identifier": [1]}))
+            exc, took = await failing_fast(expect_closed(client, unless=(Puback,), timeout=LONG))
+            assert took < QUICK, f"waited {took:.1f}s after the broker answered"
+            assert reason(exc).endswith("but it answered instead; received PUBACK(packet_id=1, reason_code=0x10 "
+                                        "NO_MATCHING_SUBSCRIBERS)"), reason(exc)
     run(main())

@@ -223,6 +223,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = state
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(ReportHooks(state), "mqtt-harness-reports")
+    else:
+        config.pluginmanager.register(LongFirst(), "mqtt-harness-long-first")
     if config.getoption("broker"):
         state.specs()  # a bad --broker is a usage error before anything is collected
 
@@ -348,6 +350,52 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if found is not None:
             key, reason = found
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"known limit of {spec.name} [{key}]: {reason}"))
+
+
+# ------------------------------------------------------------------------------------ spreading over xdist workers
+
+class LongFirst:
+    """Registered in xdist workers only: the long suite tests first (after pytest's own reordering by fixture,
+    hence trylast), so that they start at once and the work-stealing scheduler below can spread the rest."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        items.sort(key=lambda item: -_expected_length(item) if is_suite_item(item) else 0)
+
+
+def _expected_length(item: pytest.Item) -> int:
+    """A rank of how long a suite test takes (higher: longer), from what it is: a test that waits out a real
+    protocol window (it takes `keepalive_seconds` or `timer_slack`: Keep Alive, Session Expiry, Will Delay) or has
+    its own time limit (bursts, the model suite's histories) ranks 2; a known-limit strict xfail ranks 1 (a broker's
+    deviation usually shows as an expected packet or close that never comes, after the wait timeout)."""
+    names = getattr(item, "fixturenames", ())
+    if "keepalive_seconds" in names or "timer_slack" in names or item.get_closest_marker("timeout") is not None:
+        return 2
+    xfail = item.get_closest_marker("xfail")
+    return 1 if xfail is not None and xfail.kwargs.get("strict") else 0
+
+
+def _dist_given(config: pytest.Config) -> bool:
+    sources = [*map(str, config.invocation_params.args), os.environ.get("PYTEST_ADDOPTS", ""),
+               *config.getini("addopts")]
+    return any("--dist" in text for text in sources)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """A suite run under xdist's implicit `--dist load` (plain `-n N`) uses work stealing instead: every worker
+    starts on an even share, the long tests first (pytest_collection_modifyitems), and a worker that runs out takes
+    half of another's queue from its end, so the workers end together instead of one waiting out a long test the
+    other picked up last. An explicit --dist is left alone, and so are runs that are not suite runs."""
+    if config.getoption("dist", "no") != "load" or _dist_given(config):
+        return None
+    suite_run = bool(config.getoption("broker")) or any(
+        "suites" in Path(str(arg).split("::")[0]).resolve().parts for arg in config.args)
+    if not suite_run:
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+
+    return WorkStealingScheduling(config, log)
 
 
 def _spec_of(item: pytest.Item) -> BrokerSpec | None:
