@@ -18,6 +18,7 @@ port. Latency: the lab's lat_client.py (paho) and bench/lat_harness.py (ours). W
 turns for each client/size/QoS in an order that rotates per rep; every ratio is taken within one rep.
 
   python -m bench.proxy [--quick] [--reps N] [--clients a,b] [--lat-clients a,b] [--paths a,b] [--qos 0,1]
+                        [--sizes 64,16384]
 """
 
 from __future__ import annotations
@@ -516,6 +517,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="latency clients: mqtt-harness, mqtt-harness-nolog, paho-thread, paho-loop, gmqtt")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"paths to measure (default: %(default)s; also {NOQA})")
     ap.add_argument("--qos", default=",".join(map(str, QOS)), help="throughput QoS levels")
+    ap.add_argument("--sizes", default=None,
+                    help="payload sizes to measure, of 64 and 16384 (default: both)")
 
 
 def options(**given) -> argparse.Namespace:
@@ -530,6 +533,14 @@ def options(**given) -> argparse.Namespace:
 def parse(a) -> tuple:
     """(sizes, qos levels, clients, latency clients, paths, reps, latency N) from parsed options."""
     sizes, qos_levels, _, reps = throughput.parse(SimpleNamespace(quick=a.quick, reps=a.reps, qos=a.qos, clients=""))
+    if getattr(a, "sizes", None):
+        try:
+            wanted = {int(x) for x in a.sizes.split(",") if x}
+        except ValueError:
+            raise SystemExit(f"--sizes {a.sizes!r}: write sizes like 64,16384") from None
+        if wanted - {s for s, _ in sizes}:
+            raise SystemExit(f"--sizes {a.sizes!r}: choose from {', '.join(str(s) for s, _ in sizes)}")
+        sizes = tuple((s, n) for s, n in sizes if s in wanted)
     paths = [p for p in a.paths.split(",") if p]
     if set(paths) - set(KNOWN_PATHS) or DIRECT not in paths:
         raise SystemExit(f"--paths {a.paths!r}: choose from {', '.join(KNOWN_PATHS)}; {DIRECT} is needed for the ratios")

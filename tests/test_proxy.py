@@ -452,3 +452,90 @@ def test_ipv6_listener(proxy, mosquitto):
             await c.ping()
     run(main())
     assert p.connections[0].client_addr[0] == "::1"
+
+
+# ------------------------------------------------------------------------------------ the raw path
+
+def test_raw_path_is_chosen_without_rules_and_keeps_tap_and_counters(proxy, mosquitto):
+    p = proxy(mosquitto.url("mqtt"))
+
+    async def main():
+        async with Client(p.url, client_id="raw-1") as c:
+            await c.subscribe("raw/x", qos=1)
+            await c.publish("raw/x", b"m", qos=1)
+            assert (await c.receive(timeout=5)).payload == b"m"
+            assert p.connection(1).path == "raw" and p.connection(1).info()["path"] == "raw"
+    run(main())
+    conn = p.wait_closed(1)
+    assert conn.client_id == "raw-1"  # after DISCONNECT either side may close first
+    assert conn.close_reason in ("client closed the connection", "broker closed the connection")
+    assert conn.received == conn.delivered and conn.received[UPSTREAM] > 0
+    assert isinstance(conn.log.packets(UPSTREAM)[0], Connect)
+    assert conn.log.packets(UPSTREAM, stage=RECEIVED) == conn.log.packets(UPSTREAM, stage=DELIVERED)
+    assert [m.payload for m in conn.log.packets(DOWNSTREAM, Publish)] == [b"m"]
+
+
+def test_a_rule_added_on_a_raw_connection_applies_to_its_next_packet(proxy, mosquitto):
+    p = proxy(mosquitto.url("mqtt"))
+
+    async def main():
+        async with Client(p.url) as c:
+            await c.subscribe("raw/r", qos=1)
+            assert p.connection(1).path == "raw"
+            p.add_rule(when("PUBLISH", direction="downstream").rewrite(payload="changed"))
+            await c.publish("raw/r", b"1", qos=1)  # no wait in between: the hand-over must not let it slip by
+            assert (await c.receive(timeout=5)).payload == b"changed"
+            assert p.connection(1).path == "asyncio" and p.connection(1).is_open
+    run(main())
+
+
+def test_a_fault_added_on_a_raw_connection_applies_to_its_next_chunk(proxy, mosquitto):
+    p = proxy(mosquitto.url("mqtt"))
+
+    async def main():
+        async with Client(p.url) as c:
+            await c.ping()
+            assert p.connection(1).path == "raw"
+            conn = p.connection(1)
+            p.add_fault(faults.blackhole(direction="downstream"))
+            before = dict(conn.received), dict(conn.delivered)
+            ping = asyncio.create_task(c.ping(timeout=10))
+            await p.wait_until_async(lambda: conn.received[DOWNSTREAM] > before[0][DOWNSTREAM], what="PINGRESP")
+            assert conn.delivered[DOWNSTREAM] == before[1][DOWNSTREAM] and not ping.done()  # held, not raw
+            p.heal()
+            await ping
+            assert conn.path == "asyncio" and len(p.connections) == 1
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["raw=False", "rule first", "tls-terminate"])
+def test_the_asyncio_path_when_raw_is_off_or_not_possible(proxy, mosquitto, pki, how):
+    if how == "raw=False":
+        p = proxy(mosquitto.url("mqtt"), raw=False)
+    elif how == "rule first":
+        p = proxy(mosquitto.url("mqtt"))
+        p.add_rule(when("PUBLISH", topic="never/#").drop())
+    else:
+        p = proxy(mosquitto.url("mqtt"), tls="terminate")
+
+    async def main():
+        async with Client(p.url, tls=_client_tls(p.url, pki)) as c:
+            await c.ping()
+            assert p.connection(1).path == "asyncio"
+    run(main())
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_closing_a_raw_connection_through_the_api(proxy, mosquitto, reset):
+    p = proxy(mosquitto.url("mqtt"))
+
+    async def main():
+        async with Client(p.url) as c:
+            await c.ping()
+            assert p.connection(1).path == "raw"
+            p.close_connection(1, reset=reset)
+            with pytest.raises(ConnectionClosed):
+                await c.ping(timeout=5)
+    run(main())
+    conn = p.wait_closed(1)
+    assert conn.reset == reset and conn.close_reason.startswith("closed through the proxy API")
