@@ -143,3 +143,25 @@ async def test_qos0_delivery_has_no_packet_identifier(client_factory, topic):
     [raw] = [e.raw for e in sub.log.entries if e.direction == IN and e.packet is message]
     expected = encode(Publish(topic + "a", b"qos 0", qos=0, properties=message.properties), sub.version)
     assert len(raw) == len(expected), f"delivered {raw.hex(' ')}; a QoS 0 PUBLISH is {expected.hex(' ')}"
+
+
+@pytest.mark.spec(v5="MQTT-2.2.2-1")
+@pytest.mark.v5_only
+async def test_packets_without_properties_carry_a_property_length_of_0(client_factory, topic):
+    """CONNACK, SUBACK, UNSUBACK and a PUBLISH from the broker, each re-encoded from what was decoded (with the
+    properties it did carry, none by default): the byte counts agree, so each one has its Property Length field
+    (a 0 byte when there are no properties) where the spec puts it."""
+    sub = await client_factory(name="sub")
+    pub = await client_factory(name="pub")
+    await sub.subscribe(topic + "a", qos=0)
+    await pub.publish(topic + "a", b"no properties", qos=0)
+    await expect_packet(sub, Publish, topic=topic + "a", payload=b"no properties")
+    await sub.unsubscribe(topic + "a")
+    checked = 0
+    for e in sub.log.entries:
+        if e.direction == IN and type(e.packet).__name__ in ("Connack", "Suback", "Unsuback", "Publish"):
+            again = encode(e.packet, MQTT_5)
+            assert len(e.raw) == len(again), f"{summary(e.packet)}: {e.raw.hex(' ')}; with its fields: {again.hex(' ')}"
+            checked += 1
+    assert checked == 4, sub.log.format()  # an undecodable one is not among them
+    assert not sub.violations, sub.violations  # e.g. a SUBACK short of reason codes: one was read as the length
