@@ -165,3 +165,55 @@ async def test_packets_without_properties_carry_a_property_length_of_0(client_fa
             checked += 1
     assert checked == 4, sub.log.format()  # an undecodable one is not among them
     assert not sub.violations, sub.violations  # e.g. a SUBACK short of reason codes: one was read as the length
+
+
+# ------------------------------------------------------------- MQTT 5: options and identifiers replaced on update
+
+def skip_without_subscription_identifiers(client) -> None:
+    if client.connack.properties.get("subscription_identifier_available", 1) == 0:
+        pytest.skip("the broker announces Subscription Identifier Available 0")
+
+
+@pytest.mark.spec(v5=["MQTT-3.8.4-3", "MQTT-3.3.4-3"])
+@pytest.mark.v5_only
+@QOS1
+async def test_resubscribing_with_a_new_subscription_identifier_replaces_the_old_one(client_factory, topic):
+    sub = await client_factory(name="sub")
+    skip_without_subscription_identifiers(sub)
+    pub = await client_factory(name="pub")
+    await sub.subscribe(topic + "a", qos=1, properties={"subscription_identifier": [7]})
+    await pub.publish(topic + "a", b"first", qos=1)
+    await expect_packet(sub, Publish, payload=b"first", properties={"subscription_identifier": [7]})
+    await sub.subscribe(topic + "a", qos=1, properties={"subscription_identifier": [8]})
+    await pub.publish(topic + "a", b"second", qos=1)
+    second = await expect_packet(sub, Publish, payload=b"second")
+    assert second.properties.get("subscription_identifier") == [8], summary(second)
+    await expect_nothing(sub, after=pub)  # one subscription: one copy
+
+
+@pytest.mark.spec(v5=["MQTT-3.8.4-3", "MQTT-3.3.4-3"])
+@pytest.mark.v5_only
+@QOS1
+async def test_resubscribing_without_a_subscription_identifier_removes_it(client_factory, topic):
+    sub = await client_factory(name="sub")
+    skip_without_subscription_identifiers(sub)
+    pub = await client_factory(name="pub")
+    await sub.subscribe(topic + "a", qos=1, properties={"subscription_identifier": [7]})
+    await sub.subscribe(topic + "a", qos=1)  # the new subscription has no identifier
+    await pub.publish(topic + "a", b"x", qos=1)
+    message = await expect_packet(sub, Publish, payload=b"x")
+    assert "subscription_identifier" not in message.properties, summary(message)
+
+
+@pytest.mark.spec(v5=["MQTT-3.8.4-3", "MQTT-3.8.3-3"])
+@pytest.mark.v5_only
+@QOS1
+async def test_resubscribing_with_no_local_stops_our_own_messages(client_factory, topic):
+    """The replaced subscription's options are the new ones: No Local 1 after No Local 0."""
+    client = await client_factory()
+    await client.subscribe(topic + "a", qos=1)
+    await client.publish(topic + "a", b"mine, delivered", qos=1)
+    await expect_packet(client, Publish, payload=b"mine, delivered")
+    await client.subscribe(topic + "a", qos=1, no_local=True)
+    await client.publish(topic + "a", b"mine, not delivered", qos=1)
+    await expect_nothing(client)
