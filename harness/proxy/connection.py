@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import select
 import socket
 import struct
 import threading
@@ -39,7 +38,6 @@ class ConnectionHost(Protocol):
     mqtt: bool
     mode: str
     rules: list
-    faults: dict
     rng: random.Random
     tap_enabled: bool
     watch_data: bool
@@ -56,9 +54,6 @@ _LOW_WATER = 1 << 18
 _SNIFF_LIMIT = 1 << 16  # give up learning the version if the first packet is bigger than this
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _MMAP_BAIT = 1 << 20  # bigger than asyncio's 256 KiB read buffer
-_RAW_READ = 1 << 16  # the raw path's reads: below glibc's mmap threshold, so kept chunks never pin a mapping
-_RAW_ACK_DELAY = 0.005  # the raw path ACKs a read this late unless data toward that peer carried the ACK first
-_RAW_WAKE = struct.pack("ll", 0, 50_000)  # SO_RCVTIMEO/SO_SNDTIMEO 50 ms: an idle raw thread looks for a hand-over
 
 
 def keep_reads_off_mmap() -> None:
@@ -99,10 +94,8 @@ class _Side(asyncio.Protocol):
         self.transport = transport
         if _QUICKACK is not None and self.conn.proxy.quick_ack:
             self.sock = transport.get_extra_info("socket")
-        if self.direction == UPSTREAM or self.conn.raw_started:
-            # The client waits until the broker leg is up; after the raw path, both wait until the chunks the
-            # threads handed over have been replayed, so nothing overtakes them.
-            transport.pause_reading()
+        if self.direction == UPSTREAM:
+            transport.pause_reading()  # the client waits until the broker leg is up
 
     def data_received(self, data: bytes) -> None:
         self.conn._receive(self.direction, data)
@@ -261,14 +254,6 @@ class Connection:
         self._fault_timers: dict[str, list[asyncio.TimerHandle]] = {}
         self._later: set[asyncio.TimerHandle] = set()
         self.log = Tap(lambda: (self,), proxy._log_lock)
-        # The raw path: two threads forward with blocking sockets while nothing needs decoding (see start_raw).
-        self.raw_started = False
-        self.path = "asyncio"  # "raw" while the threads forward, "handover" while they hand back to asyncio
-        self._raw_socks: tuple[socket.socket, socket.socket] | None = None
-        self._raw_stop = False
-        self._raw_running = 0
-        self._raw_handed: list[tuple[str, bytes]] = []
-        self._raw_unsent: dict[str, bytes] = {}
 
     def _new_log(self, leg: str) -> PacketLog:
         listener = None
@@ -312,7 +297,7 @@ class Connection:
                 "mode": self.proxy.mode, "open": self.is_open, "close_reason": self.close_reason,
                 "reset": self.reset, "received": dict(self.received), "delivered": self.delivered,
                 "faults": self.faults,
-                "decoding": [d for d in DIRECTIONS if self._decoding[d]], "path": self.path,
+                "decoding": [d for d in DIRECTIONS if self._decoding[d]],
                 "held": len(self.state.held()) if self.state else 0}
 
     def __repr__(self) -> str:
@@ -454,202 +439,9 @@ class Connection:
         self.routes[_other(direction)].cancel()  # nobody is left to read those bytes
         route.schedule([route.chain.eof(time.monotonic(), f"{who} closed the connection")])
 
-    # ------------------------------------------------------------------ wiring
-    async def attach(self, sock: socket.socket, usock: socket.socket) -> None:
-        """Give both plain sockets asyncio transports, then wire the connection (the decoding path)."""
-        try:
-            await self.loop.connect_accepted_socket(lambda: self.client, sock)
-            await self.loop.create_connection(lambda: self.broker, sock=usock)
-        except OSError as exc:
-            sock.close()
-            usock.close()
-            self.close(f"proxy error: {exc!r}")
-            return
-        if self.closed_at is not None:  # closed while the transports were being made
-            for side in (self.client, self.broker):
-                if side.transport is not None:
-                    side.transport.close()
-            return
-        self.wire()
-
-    def wire(self) -> None:
-        """Both transports exist: point the routes at them, start the faults, let the bytes flow."""
-        self.routes[UPSTREAM].dest = self.broker.transport
-        self.routes[DOWNSTREAM].dest = self.client.transport
-        for fault in list(self.proxy.faults.values()):
-            self.start_fault(fault)
-        for side in (self.client, self.broker):
-            if not side.transport.is_closing():
-                side.transport.resume_reading()
-        for route in self.routes.values():
-            route._flow_control()
-
-    # ------------------------------------------------------------------ the raw path
-    def start_raw(self, sock: socket.socket, usock: socket.socket) -> None:
-        """Forward with one thread per direction on blocking sockets: recv, tap, send, no event loop per chunk.
-
-        An asyncio hop costs ~20 us of interpreter per chunk (selector, handles, transports) on top of the
-        syscalls; a blocking recv/send pair costs about what socat's select/read/write does. Used while nothing
-        needs the loop per chunk (Proxy._raw_allowed). A rule or fault added later hands the connection back
-        to asyncio (leave_raw): each thread stops at its next chunk and hands that chunk over, so no byte is
-        forwarded raw once the change is made."""
-        self.raw_started = True
-        self.path = "raw"
-        self._raw_socks = (sock, usock)
-        quick = _QUICKACK is not None and self.proxy.quick_ack
-        for s in (sock, usock):
-            s.setblocking(True)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _RAW_WAKE)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _RAW_WAKE)
-        if quick:  # what the asyncio path arms too (tests and info() read it)
-            self.client.sock, self.broker.sock = sock, usock
-        self._raw_running = 2
-        for direction, src, dst in ((UPSTREAM, sock, usock), (DOWNSTREAM, usock, sock)):
-            threading.Thread(target=self._raw_pump, args=(direction, src, dst, quick), daemon=True,
-                             name=f"proxy-c{self.id}-{direction}").start()
-
-    def leave_raw(self) -> None:
-        """Hand a raw connection back to asyncio (a rule or a stream fault appeared). Loop thread only."""
-        if self.path == "raw" and self.closed_at is None:
-            self.path = "handover"
-            self._raw_stop = True
-
-    def _raw_pump(self, direction: str, src: socket.socket, dst: socket.socket, quick: bool) -> None:
-        """One direction of the raw path, in its own thread. Mirrors _receive + _Route._write for the
-        no-rule, no-fault case; everything it touches is also read from the loop thread (ints, list appends)."""
-        recv, send = src.recv, dst.send
-        received = self.received
-        route = self.routes[direction]
-        back = self.routes[_other(direction)]  # writes toward src: each one carries the ACK for what we read
-        wait = select.select
-        unacked = -1  # back.writes when we last read from src, -1 if nothing is waiting for an ACK
-        log_in, log_out = self._in_logs[direction], route.log
-        framer = self._framers[direction] if self.mqtt else None
-        chunks = self.chunks
-        proxy, loop, mono = self.proxy, self.loop, time.monotonic
-        end: BaseException | str | None = None
-        handed = unsent = None
-        try:
-            while True:
-                if unacked >= 0:
-                    # Quick ACK, lazily: a peer with Nagle on (mosquitto, paho) holds its next small write until
-                    # this read is ACKed. If nothing went back to it within _RAW_ACK_DELAY, ACK now instead of the
-                    # kernel's ~40 ms delayed ACK. Unlike an ACK per read, bursts keep the peers' coalescing.
-                    if back.writes == unacked and not wait((src,), (), (), _RAW_ACK_DELAY)[0] \
-                            and back.writes == unacked:
-                        src.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-                    unacked = -1
-                try:
-                    data = recv(_RAW_READ)
-                except BlockingIOError:  # SO_RCVTIMEO: nothing came; is a hand-over waiting?
-                    if self._raw_stop:
-                        break
-                    continue
-                if not data:
-                    end = "eof"
-                    break
-                if self._raw_stop:  # a rule or fault exists now: this chunk goes through the loop
-                    handed = data
-                    break
-                if quick:
-                    unacked = back.writes
-                received[direction] += len(data)
-                if log_in is not None:
-                    log_in.record(IN, data, mono())
-                if framer is not None:
-                    if self._sniff is not None and direction == UPSTREAM:
-                        self._sniff_connect(data)
-                    framer.feed(data)
-                elif chunks is not None:
-                    chunks.append((mono(), direction, len(data)))
-                n = 0
-                while True:  # a blocking send returns short (or raises) only on SO_SNDTIMEO or a signal
-                    try:
-                        n += send(memoryview(data)[n:] if n else data)
-                    except BlockingIOError:  # the peer does not read; keep trying unless a hand-over waits
-                        if self._raw_stop:
-                            unsent = data[n:]
-                            break
-                        continue
-                    if n >= len(data):
-                        break
-                route.delivered += n
-                route.writes += 1
-                if log_out is not None:
-                    log_out.record(OUT, data, mono())
-                if unsent is not None:
-                    break
-                if proxy.watch_data:
-                    loop.call_soon_threadsafe(proxy._changed)
-        except Exception as exc:  # noqa: BLE001 - OSError from a peer; anything else must still close the connection
-            end = exc
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the proxy was shut down
-            loop.call_soon_threadsafe(self._raw_exited, direction, end, handed, unsent)
-
-    def _raw_exited(self, direction: str, end, handed: bytes | None, unsent: bytes | None) -> None:
-        self._raw_running -= 1
-        if handed:
-            self._raw_handed.append((direction, handed))
-        if unsent:
-            self._raw_unsent[direction] = unsent
-        if end is not None and self.closed_at is None:
-            who = "client" if direction == UPSTREAM else "broker"
-            if end == "eof":
-                self.close(f"{who} closed the connection")
-            else:
-                self.close(f"{who} connection lost: {end}", reset=isinstance(end, ConnectionResetError))
-        if self._raw_running:
-            return
-        if self.closed_at is not None:
-            self._raw_release()
-        else:
-            self.loop.create_task(self._raw_handover())
-
-    def _raw_release(self) -> None:
-        """Both threads are out: close the sockets (RST if SO_LINGER 0 was set)."""
-        for s in self._raw_socks or ():
-            s.close()
-        self._raw_socks = None
-        self.client.lost = self.broker.lost = True
-        self.proxy._changed()
-
-    async def _raw_handover(self) -> None:
-        sock, usock = self._raw_socks
-        for s in (sock, usock):
-            s.setblocking(False)
-        self.path = "asyncio"  # before attach(): wire() starts the faults only on this path
-        await self.attach(sock, usock)
-        self._raw_socks = None
-        if self.closed_at is not None:
-            return
-        # What the threads left: a chunk they had started to send, then the chunks read after the change.
-        for direction, data in self._raw_unsent.items():
-            route = self.routes[direction]
-            route.dest.write(data)
-            route.delivered += len(data)
-        self._raw_unsent.clear()
-        handed, self._raw_handed = self._raw_handed, []
-        for direction, data in handed:
-            self._receive(direction, data)
-
-    def _raw_shut(self, reset: bool) -> None:
-        """Close a raw connection: wake both threads (shutdown), the sockets close once they are out."""
-        for s in self._raw_socks:
-            with contextlib.suppress(OSError):
-                if reset:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    s.shutdown(socket.SHUT_RD)  # wakes the reader without a FIN; close() then sends the RST
-                else:
-                    s.shutdown(socket.SHUT_RDWR)
-        if not self._raw_running:
-            self._raw_release()
-
     # ------------------------------------------------------------------ faults
     def start_fault(self, fault: F.Fault) -> None:
         if fault.connection_level or not fault.applies_to(self.id) or self.closed_at is not None:
-            return
-        if self.path != "asyncio":  # faults act in the loop: the hand-over starts every fault (wire())
-            self.leave_raw()
             return
         draw = self._fault_draws.get(fault.name)
         if draw is None:
@@ -698,8 +490,6 @@ class Connection:
         self._later.clear()
         for route in self.routes.values():
             route.cancel()
-        if self._raw_socks is not None and self.client.transport is None:
-            self._raw_shut(reset)
         for side in (self.client, self.broker):
             if reset:
                 _abort_with_rst(side.transport)

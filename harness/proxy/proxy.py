@@ -108,7 +108,7 @@ class Proxy:
                  server_tls: ServerTls | None = None, upstream_tls: TlsOptions | None = None,
                  mqtt: bool | None = None, tap: bool = True, seed: int | None = None,
                  trace: Callable[[str], None] | None = None, connect_timeout: float = 10.0,
-                 quick_ack: bool = True, raw: bool = True):
+                 quick_ack: bool = True):
         self.upstream = upstream_url(upstream)
         self.listen_host, self.listen_port = parse_endpoint(listen, "listen address")
         up = self.upstream
@@ -131,7 +131,6 @@ class Proxy:
         self._upstream_sni = (upstream_tls.server_hostname if upstream_tls else None) or up.host
         self.tap_enabled = tap
         self.quick_ack = quick_ack  # off: the kernel's delayed ACKs, as a plain forwarder (socat) has them
-        self.raw = raw  # off: every connection goes through asyncio, even with nothing to decode
         self.trace = trace
         self.connect_timeout = connect_timeout
         self.rng = random.Random(seed)
@@ -209,12 +208,12 @@ class Proxy:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for conn in self.connections:
             conn.close("proxy shut down")
-        sides = [s for c in self.connections for s in (c.client, c.broker) if s.transport is not None or c.raw_started]
+        sides = [s for c in self.connections for s in (c.client, c.broker) if s.transport is not None]
         try:
             await self.wait_until(lambda: all(s.lost for s in sides), 2.0, "closed transports")
         except ProxyError:  # a peer that never finishes a TLS shutdown
             for side in sides:
-                if not side.lost and side.transport is not None:
+                if not side.lost:
                     side.transport.abort()
 
     async def __aenter__(self) -> "Proxy":
@@ -291,27 +290,17 @@ class Proxy:
                 sock.close()
             conn.close(f"proxy error: {exc!r}")
 
-    def _raw_allowed(self) -> bool:
-        """May a connection be forwarded by the raw path (threads, no asyncio per chunk)? Only while nothing
-        needs the loop per chunk: no TLS ends here, no rule, no stream fault, no live trace."""
-        return (self.raw and self._server_ctx is None and self._upstream_ctx is None and self.trace is None
-                and not self.rules and not any(not f.connection_level for f in self.faults.values()))
-
     async def _connect(self, conn: Connection, sock: socket.socket) -> None:
         loop = self._loop
-        # Without TLS at the proxy, the client leg needs no transport before the broker answers, and none at
-        # all if the connection is forwarded raw.
-        plain = self._server_ctx is None and self._upstream_ctx is None
-        if not plain:
-            try:
-                await loop.connect_accepted_socket(lambda: conn.client, sock, ssl=self._server_ctx,
-                                                   ssl_handshake_timeout=self.connect_timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
-                sock.close()
-                conn.closed_at = time.monotonic()
-                conn.close_reason = f"TLS handshake with the client failed: {exc}"
-                self._event(conn.id, "tls_failed", conn.close_reason)
-                return
+        try:
+            await loop.connect_accepted_socket(lambda: conn.client, sock, ssl=self._server_ctx,
+                                               ssl_handshake_timeout=self.connect_timeout if self._server_ctx else None)
+        except (OSError, asyncio.TimeoutError) as exc:
+            sock.close()
+            conn.closed_at = time.monotonic()
+            conn.close_reason = f"TLS handshake with the client failed: {exc}"
+            self._event(conn.id, "tls_failed", conn.close_reason)
+            return
         up = self.upstream
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -322,37 +311,29 @@ class Proxy:
                 usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 try:
                     await loop.sock_connect(usock, sockaddr)
-                    if not plain:
-                        await loop.create_connection(lambda: conn.broker, sock=usock, ssl=self._upstream_ctx,
-                                                     server_hostname=self._upstream_sni if self._upstream_ctx else None)
+                    await loop.create_connection(lambda: conn.broker, sock=usock, ssl=self._upstream_ctx,
+                                                 server_hostname=self._upstream_sni if self._upstream_ctx else None)
                 except BaseException:
                     usock.close()
                     raise
         except (OSError, asyncio.TimeoutError) as exc:
             reason = f"cannot reach the broker at {up.address}: {str(exc) or type(exc).__name__}"
-            if plain:
-                sock.close()  # the client leg has no transport yet
             conn.close(reason)
             self._event(conn.id, "upstream_failed", reason)
             return
-        if conn.closed_at is not None:  # the client went away (or the proxy shut down) meanwhile
-            if conn.broker.transport is not None:
-                conn.broker.transport.close()
-            else:
-                usock.close()
-                sock.close()
+        if conn.closed_at is not None:  # the client went away meanwhile
+            conn.broker.transport.close()
             return
         conn.upstream_local = usock.getsockname()
         conn.upstream_addr = usock.getpeername()
+        conn.routes[UPSTREAM].dest = conn.broker.transport
+        conn.routes[DOWNSTREAM].dest = conn.client.transport
         conn.ready_at = time.monotonic()
-        if plain and self._raw_allowed():
-            conn.start_raw(sock, usock)
-        elif plain:
-            await conn.attach(sock, usock)
-            if conn.closed_at is not None:
-                return
-        else:
-            conn.wire()
+        for fault in list(self.faults.values()):
+            conn.start_fault(fault)
+        conn.client.transport.resume_reading()
+        for route in conn.routes.values():
+            route._flow_control()
         self._event(conn.id, "open", f"{addr_text(conn.client_addr)} -> {up.address}")
 
     # ------------------------------------------------------------------ events and waiting
@@ -452,8 +433,6 @@ class Proxy:
                 break
         else:
             self.rules.append(rule)
-        for conn in self.connections:
-            conn.leave_raw()  # rules need the decoding path; it starts at the next packet boundary
         return rule
 
     def remove_rule(self, name: str) -> Rule:
