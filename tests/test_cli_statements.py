@@ -74,3 +74,11 @@ def test_no_statement_is_both_covered_and_untestable():
     rows = json.loads(mh("statements", "--json", "--covered").stdout)
     both = [(r["version"], r["id"]) for r in rows if r["untestable"]]
     assert not both, f"covered by a test yet marked untestable in the catalogue: {both}"
+
+
+def test_every_server_side_statement_is_covered_or_says_why_not():
+    """Issue 12 item 13: each server-side MUST / MUST NOT of both versions has a suite test, or its catalogue entry
+    says why it cannot be checked from outside the broker. What is left is client-side (the device suites)."""
+    rows = json.loads(mh("statements", "--json", "--uncovered").stdout)
+    left = [(r["version"], r["id"]) for r in rows if r["status"] == "uncovered"]
+    assert not left, f"server-side statements with neither a test nor an untestable reason: {left}"
