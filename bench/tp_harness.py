@@ -4,8 +4,9 @@ Same command line and stdout protocol as the lab's tp_client.py (subscriber: 'RE
 JSON line; publisher: one JSON line), and the same Recorder and payloads, imported from it. Libraries:
   mqtt-harness        harness.client.Client with its packet log on (the default)
   mqtt-harness-nolog  the same with log=False
-Publisher: publish_nowait() for every message, then wait for the socket to drain (QoS 0) or until nothing is in flight (wait_acked)
-future (QoS 1/2); the session keeps its 3.1.1 window of 20 in flight (perf-baselines §3.1).
+Publisher: publish_nowait() for every message, then wait for the socket to drain (QoS 0) or until nothing is in
+flight (wait_acked, QoS 1/2); the session keeps its 3.1.1 window: 100 flows in flight, at most 20 of them QoS 2
+(mosquitto drops QoS 2 beyond its 20, perf-baselines §3.1).
 Subscriber: `await client.receive()` in a loop.
 
 Started by bench/throughput.py, with PYTHONPATH holding the repo and the perf lab.
@@ -86,7 +87,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50000)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--qos", type=int, default=0, choices=[0, 1, 2])
-    ap.add_argument("--inflight", type=int, default=0, help="outgoing window (0 = the session's default, 20 in 3.1.1)")
+    ap.add_argument("--inflight", type=int, default=0, help="outgoing window for QoS 1 and 2 (0 = the session's default: 100, of which at most 20 QoS 2, in 3.1.1)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=1883)
     ap.add_argument("--topic", default="perf/tp")

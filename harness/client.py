@@ -348,9 +348,16 @@ class Client:
             payload = payload.encode()
         packet = self.session.publish(topic, payload, qos, retain, properties, time.monotonic(), use_alias)
         fut = None
-        if qos and track:
-            fut = asyncio.get_running_loop().create_future()
-            self._acks[packet.packet_id] = fut
+        if qos:
+            if track:
+                fut = asyncio.get_running_loop().create_future()
+                self._acks[packet.packet_id] = fut
+            if self.session.pending:
+                # The window is full: what it let out goes now, not after the caller's loop of publishes
+                # (until the loop yields, the broker would sit idle with nothing to acknowledge).
+                if self._stream is not None:
+                    self._stream.flush()
+                return fut
         self._flush()
         return fut
 

@@ -275,6 +275,9 @@ class Stream(abc.ABC):
         """write() of the pieces joined; a stream may send them without joining (no copy of large ones)."""
         self.write(b"".join(pieces))
 
+    def flush(self) -> None:
+        """Send what write() queued now instead of at the end of this event-loop iteration."""
+
     @abc.abstractmethod
     async def drain(self, *, timeout: float | None = None) -> None:
         """Send queued bytes; wait while the socket's send buffer is full. Raises ConnectionClosed once closed."""
@@ -368,6 +371,10 @@ class SocketStream(Stream):
             out.append(data)
             self._out_size += len(data)
         if self._out_size >= _FLUSH_AT:
+            self._flush()
+
+    def flush(self) -> None:
+        if self._out:
             self._flush()
 
     def _flush(self) -> None:
