@@ -8,7 +8,7 @@ import pytest
 
 from harness.client import Client
 from harness.core.codec import summary
-from harness.core.packets import Disconnect, Pubcomp, Publish, Pubrec, Pubrel, Suback, Unsuback
+from harness.core.packets import Disconnect, Pubcomp, Publish, Pubrec, Pubrel, Unsuback
 from harness.expect import expect_closed, expect_nothing, expect_packet, received
 from harness.packet_log import IN
 

@@ -12,7 +12,7 @@ from harness.core.packets import (
     MQTT_5, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Subscription, Unsuback, Unsubscribe,
 )
 from harness.core.reason_codes import ALLOWED
-from harness.expect import collect, expect_nothing, expect_packet, received
+from harness.expect import collect, expect_nothing, expect_packet
 from harness.packet_log import IN
 
 QOS1 = pytest.mark.requires(qos1=True)
