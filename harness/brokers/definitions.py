@@ -61,6 +61,7 @@ class ProcessSpec:
     # Oldest usable version: `binary *version_args` must print a version >= min_version ("" = no check).
     min_version: str = ""
     version_args: tuple[str, ...] = ("--version",)
+    # Values are templates with the config's variables (e.g. $port_dist, $data_dir) plus $config and $run_dir.
     env: Mapping[str, str] = field(default_factory=dict)
     vars: Mapping[str, str] = field(default_factory=dict)
 
@@ -97,6 +98,9 @@ class BrokerDef:
     ws_path: str
     known_limits: tuple[KnownLimit, ...]
     references: tuple[str, ...]  # vendor docs the profile and templates follow
+    # username/password every client must send (e.g. ejabberd refuses a CONNECT without a password); the
+    # readiness probe logs in with them. Empty: anonymous.
+    credentials: Mapping[str, str]
     process: ProcessSpec | None
     docker: DockerSpec | None
 
@@ -207,6 +211,7 @@ def _parse(name: str, directory: Path, raw: dict) -> BrokerDef:
         ws_path=raw.get("ws_path", "/mqtt"),
         known_limits=limits,
         references=tuple(raw.get("references", ())),
+        credentials={k: str(v) for k, v in (raw.get("credentials") or {}).items() if k in ("username", "password")},
         process=ProcessSpec(
             binary=tuple(proc["binary"]),
             command=tuple(proc["command"]),
