@@ -10,7 +10,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PACKAGES=(mosquitto mosquitto-clients nats-server docker.io socat python3-venv nodejs npm chromium tshark
-  cmake gcc clang pkg-config libmosquitto-dev libcjson-dev libssl-dev libcmocka-dev libclang-rt-dev)  # second line: the firmware host build (libclang-rt-dev: the libFuzzer and ASan runtimes clang links)
+  cmake gcc clang pkg-config libmosquitto-dev libcjson-dev libssl-dev libcmocka-dev libclang-rt-dev  # the firmware host build (libclang-rt-dev: the libFuzzer and ASan runtimes clang links)
+  rabbitmq-server activemq libmqtt-client-java ejabberd)  # more brokers (libmqtt-client-java: MQTT codec classes Debian's activemq lacks)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,7 @@ from harness.transport import TlsOptions
 
 # (broker, backend): each serves the listener kinds its profile names.
 TARGETS = [("mosquitto", "process"), ("mosquitto", "docker"), ("aedes", "process"), ("amqtt", "process"),
-           ("nats", "process")]
+           ("nats", "process"), ("rabbitmq", "process"), ("rabbitmq-mtls", "process"), ("activemq", "process")]
 ROUND_TRIP_KINDS = ("mqtt", "mqtts", "mqtts-mtls", "ws")
 
 
