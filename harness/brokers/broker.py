@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 # Listener kinds every backend names its URLs by.
 MQTT, MQTTS, MQTTS_MTLS, WS, WSS = "mqtt", "mqtts", "mqtts-mtls", "ws", "wss"
@@ -39,6 +40,7 @@ class Broker(abc.ABC):
     name: str
     backend: str
     capabilities: Capabilities
+    definition: Any  # harness.brokers.definitions.BrokerDef
 
     @abc.abstractmethod
     def start(self, timeout: float = 30.0) -> None: ...
@@ -56,6 +58,11 @@ class Broker(abc.ABC):
     def exit_status(self) -> str | None:
         """None while the broker runs (or nobody can tell), else how it ended, e.g. "exited with code 2"."""
         return None
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        """username/password every client of this broker must send (its profile's; empty: anonymous)."""
+        return dict(self.definition.credentials)
 
     def url(self, kind: str = MQTT) -> str:
         urls = self.urls()

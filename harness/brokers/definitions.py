@@ -61,7 +61,7 @@ class ProcessSpec:
     # Oldest usable version: `binary *version_args` must print a version >= min_version ("" = no check).
     min_version: str = ""
     version_args: tuple[str, ...] = ("--version",)
-    # Values are templates with the config's variables (e.g. $port_dist, $data_dir) plus $config and $run_dir.
+    # Values are templates with the config's variables (e.g. $port_dist, $data_dir, $run_dir, $config).
     env: Mapping[str, str] = field(default_factory=dict)
     vars: Mapping[str, str] = field(default_factory=dict)
 
@@ -260,6 +260,28 @@ def render_config(
     if tls and pki is None:
         raise BrokerError(f"{defn.name}: listener(s) {tls} need certificates; pass pki=harness.pki.generate_pki(dir)")
 
+    values = _values(pki=pki, data_dir=data_dir, instance=instance, host=host, internal_ports=internal_ports,
+                     extra=extra)
+    blocks = []
+    for kind in RENDER_ORDER:
+        if kind in listeners:
+            blocks.append(_substitute(defn, defn.listener_template(kind), {**values, "kind": kind,
+                                                                          "port": str(listeners[kind])}))
+    return _substitute(defn, defn.template(defn.config_file), {**values, "listeners": defn.listener_separator.join(blocks)})
+
+
+def render_env(defn: BrokerDef, *, pki: Pki | None, data_dir: str, instance: str, host: str = "127.0.0.1",
+               internal_ports: Mapping[str, int] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process profile's env, its values filled in with the variables the config templates get."""
+    values = _values(pki=pki, data_dir=data_dir, instance=instance, host=host, internal_ports=internal_ports or {},
+                     extra=extra)
+    return {key: _substitute(defn, string.Template(str(value)), values, f"process env {key}")
+            for key, value in defn.process.env.items()}
+
+
+def _values(*, pki: Pki | None, data_dir: str, instance: str, host: str, internal_ports: Mapping[str, int],
+            extra: Mapping[str, str] | None) -> dict[str, str]:
+    """The variables every template of an instance can use: paths, instance, host, ports and `extra`."""
     paths = {"data_dir": data_dir}
     if pki is not None:
         paths.update({attr: str(path) for attr, path in pki.paths().items()})
@@ -272,22 +294,17 @@ def render_config(
         values["store_password"] = pki.store_password
     values.update({f"port_{name}": str(port) for name, port in internal_ports.items()})
     values.update(extra or {})
-
-    blocks = []
-    for kind in RENDER_ORDER:
-        if kind in listeners:
-            blocks.append(_substitute(defn, defn.listener_template(kind), {**values, "kind": kind,
-                                                                          "port": str(listeners[kind])}))
-    return _substitute(defn, defn.template(defn.config_file), {**values, "listeners": defn.listener_separator.join(blocks)})
+    return values
 
 
-def _substitute(defn: BrokerDef, template: string.Template, values: Mapping[str, str]) -> str:
+def _substitute(defn: BrokerDef, template: string.Template, values: Mapping[str, str],
+                what: str = "config template") -> str:
     try:
         return template.substitute(values)
     except KeyError as exc:
-        raise BrokerError(f"{defn.name}: config template uses ${exc.args[0]}, which nobody provides") from None
+        raise BrokerError(f"{defn.name}: {what} uses ${exc.args[0]}, which nobody provides") from None
     except ValueError as exc:
-        raise BrokerError(f"{defn.name}: config template syntax: {exc}") from None
+        raise BrokerError(f"{defn.name}: {what} syntax: {exc}") from None
 
 
 def listener_url(defn: BrokerDef, kind: str, port: int, host: str = "127.0.0.1") -> str:

@@ -229,8 +229,10 @@ class BrokerUnderTest:
 
     @property
     def credentials(self) -> dict[str, Any]:
-        """username/password test clients log in with (external brokers: --username/--password)."""
-        return {"username": self.client_tls.username, "password": self.client_tls.password}
+        """username/password test clients log in with: --username/--password, else a managed broker's profile."""
+        given = {"username": self.client_tls.username, "password": self.client_tls.password}
+        profile = self.instance.credentials if self.instance is not None else {}
+        return {key: profile.get(key) if value is None else value for key, value in given.items()}
 
     def logs(self) -> str:
         """The broker's log so far ("" for external brokers: their logs are not ours to read)."""

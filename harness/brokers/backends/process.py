@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import time
@@ -143,16 +142,18 @@ class ProcessBroker(Broker):
             self.internal_ports = dict(zip(defn.internal_ports, self._reserved[len(self.listeners):]))
             data_dir = self.run_dir / "data"
             data_dir.mkdir()
-            config = brokerdefs.render_config(
-                defn, self.ports, pki=self.pki, data_dir=str(data_dir), instance=instance, host=HOST,
-                internal_ports=self.internal_ports, extra={"run_user": pwd.getpwuid(os.getuid()).pw_name, **spec.vars})
             config_path = self.run_dir / defn.config_file
-            config_path.write_text(config)
+            variables = dict(pki=self.pki, data_dir=str(data_dir), instance=instance, host=HOST,
+                             internal_ports=self.internal_ports,
+                             extra={"run_user": pwd.getpwuid(os.getuid()).pw_name, **spec.vars,
+                                    "run_dir": str(self.run_dir), "config": str(config_path),
+                                    "broker_dir": str(defn.directory)})
+            config_path.write_text(brokerdefs.render_config(defn, self.ports, **variables))
             command = [part.format(binary=binary, config=config_path, run_dir=self.run_dir, broker_dir=defn.directory)
                        for part in spec.command]
             # The tag lets the reaper find this process and anything it spawns (epmd too), even without a pid
             # on record.
-            env = {**os.environ, **self._render_env(instance, data_dir, config_path), TAG_ENV: instance}
+            env = {**os.environ, **brokerdefs.render_env(defn, **variables), TAG_ENV: instance}
             began = time.monotonic()
             with open(log_path, "ab") as log:
                 self._proc = subprocess.Popen(command, cwd=self.run_dir, env=env, stdin=subprocess.DEVNULL,
@@ -166,24 +167,6 @@ class ProcessBroker(Broker):
         except BaseException:
             self.stop()
             raise
-
-    def _render_env(self, instance: str, data_dir: Path, config_path: Path) -> dict[str, str]:
-        """The profile's env for this instance: its templates filled with this instance's ports and paths."""
-        values = {"instance": instance, "host": HOST, "data_dir": str(data_dir), "run_dir": str(self.run_dir),
-                  "config": str(config_path), "broker_dir": str(self.definition.directory),
-                  **{f"port_{name}": str(port) for name, port in self.internal_ports.items()}}
-        env = {}
-        for key, value in self.definition.process.env.items():
-            try:
-                env[key] = string.Template(str(value)).substitute(values)
-            except (KeyError, ValueError) as exc:
-                raise BrokerError(f"{self.name}: process env {key}={value!r} cannot be filled in ({exc!r})") from None
-        return env
-
-    @property
-    def credentials(self) -> dict[str, str]:
-        """username/password clients of this broker must send (from the profile; empty: anonymous)."""
-        return dict(self.definition.credentials)
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         url = self.urls()[self.probe_kind]
