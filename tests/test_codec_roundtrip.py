@@ -103,3 +103,26 @@ def test_connect_sets_the_stream_version():
     decoder = Decoder(MQTT_3_1_1)
     assert decoder.feed(stream)[1] == Puback(1, 0x10)
     assert decoder.version == MQTT_5
+
+
+@pytest.mark.parametrize("version", [MQTT_3_1, MQTT_3_1_1, MQTT_5])
+@given(data=st.data())
+def test_feed_in_random_chunks_with_repeated_topics(version, data):
+    """feed()'s inline path (whole 3.1.x PUBLISH with a topic decoded before, 2-byte acks) and its hand-over to
+    the checking path at any offset give what decoding each packet alone gives."""
+    topic = st.sampled_from(["a/b/c", "t", "x/" + "y" * 200])
+    publish = st.builds(lambda t, payload, qos, retain, pid: Publish(t, payload, qos, retain, False,
+                                                                     pid if qos else None),
+                        topic, st.one_of(st.binary(max_size=40), st.binary(min_size=100, max_size=20_000)),
+                        st.integers(0, 2), st.booleans(), st.integers(1, 65535))
+    ack = st.builds(Puback, st.integers(1, 65535)) | st.builds(Pubrel, st.integers(1, 65535))
+    stream_packets = data.draw(st.lists(publish | ack, min_size=1, max_size=12), label="packets")
+    stream = b"".join(encode(p, version) for p in stream_packets)
+    sizes = data.draw(st.lists(st.one_of(st.integers(1, 8), st.integers(1, len(stream))), min_size=1, max_size=8),
+                      label="chunk sizes")
+    for _ in range(2):  # the second time every topic is in the decoded-topic cache
+        decoder = Decoder(version)
+        got = [p for chunk in _chunks(stream, sizes) for p in decoder.feed(chunk)]
+        assert got == stream_packets
+        assert decoder.buffered == 0
+        assert Decoder(version).feed(stream) == stream_packets
