@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from harness.core.codec import encode, summary
 from harness.core.packets import (
-    Connack, Disconnect, Pingresp, Publish, Suback, Subscription, Unsuback, Will, parse_version,
+    Connack, Connect, Disconnect, Pingresp, Publish, Suback, Subscription, Unsuback, Will, parse_version,
 )
 from harness.core.reason_codes import reason_name
 from harness.core.session import (
@@ -38,6 +38,9 @@ _READ_ALL = 1 << 24  # take whatever has arrived in one read: a smaller limit sl
 def unique_client_id(prefix: str = "mh") -> str:
     """Short (<= 23 chars, as MQTT 3.1 and some brokers require) and unique per process and call."""
     return f"{prefix}-{os.getpid() % 100000}-{next(_ids)}"[:23]
+
+
+CREDENTIAL_FIELDS = frozenset({"username", "password", "username_flag", "password_flag"})
 
 
 class Client:
@@ -93,6 +96,18 @@ class Client:
         client = cls(url, timeout=timeout, **kwargs)
         await client.open(timeout=timeout)
         return client
+
+    @property
+    def login(self) -> dict:
+        """The user name and password this client's CONNECT carries (only those set), for hand-built CONNECTs."""
+        config = self.session.config
+        return {k: v for k, v in (("username", config.username), ("password", config.password)) if v is not None}
+
+    def connect_packet(self, **fields) -> Connect:
+        """A valid CONNECT for this client (its client id, version and login), with `fields` changed. A test that
+        sets any credential field or flag gets exactly those: the login is left out."""
+        login = {} if fields.keys() & CREDENTIAL_FIELDS else self.login
+        return Connect(**{"client_id": self.client_id, "protocol_level": self.version, **login, **fields})
 
     @property
     def client_id(self) -> str:

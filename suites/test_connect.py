@@ -9,7 +9,7 @@ import string
 import pytest
 
 from harness.client import Client
-from harness.core.packets import MQTT_5, Connack, Connect, Disconnect, Publish, Will
+from harness.core.packets import MQTT_5, Connack, Disconnect, Publish, Will
 from harness.errors import MqttConnectError
 from harness.expect import expect_closed, expect_nothing, expect_packet, received
 
@@ -25,11 +25,6 @@ async def raw_client(client_factory, **kwargs) -> Client:
     client = await client_factory(connect=False, **kwargs)
     await client.open_raw()
     return client
-
-
-def connect_packet(client: Client, **fields) -> Connect:
-    """A valid CONNECT for `client` (its client id and version), with `fields` changed."""
-    return Connect(**{"client_id": client.client_id, "protocol_level": client.version, **fields})
 
 
 async def expect_refused(client: Client) -> list[Connack]:
@@ -116,7 +111,7 @@ async def test_unsupported_protocol_level_is_refused(client_factory, mqtt_versio
     """3.1.1: CONNACK 0x01 (unacceptable protocol level), then close. MQTT 5: close; the CONNACK (0x84) is
     optional there, and a broker cannot know which CONNACK format a client of an unknown level reads."""
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, protocol_level=UNSUPPORTED_LEVEL))
+    await client.send(client.connect_packet(protocol_level=UNSUPPORTED_LEVEL))
     if mqtt_version == "3.1.1":
         await expect_packet(client, Connack, reason_code=0x01, session_present=False)
     await expect_refused(client)
@@ -127,7 +122,7 @@ async def test_wrong_protocol_name_is_refused(client_factory):
     """The broker must not go on with the CONNECT as MQTT. 3.1.1 also lets it continue under "some other
     specification"; every broker closes, and that is what is checked (no accepting CONNACK, then closed)."""
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, protocol_name="MQTX"))
+    await client.send(client.connect_packet(protocol_name="MQTX"))
     await expect_refused(client)
 
 
@@ -135,7 +130,7 @@ async def test_wrong_protocol_name_is_refused(client_factory):
 @pytest.mark.spec(v311=["MQTT-3.1.3-8", "MQTT-3.2.2-4", "MQTT-3.2.2-5"])
 async def test_empty_client_id_without_clean_session_is_rejected(client_factory):
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, client_id="", clean=False))
+    await client.send(client.connect_packet(client_id="", clean=False))
     await expect_packet(client, Connack, reason_code=0x02, session_present=False)
     await expect_refused(client)
 
@@ -146,7 +141,7 @@ async def test_packets_after_a_refused_connect_are_not_processed(client_factory,
     watcher = await client_factory(name="watcher")
     await watcher.subscribe(topic + "x")
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, client_id="", clean=False))  # refused: [MQTT-3.1.3-8]
+    await client.send(client.connect_packet(client_id="", clean=False))  # refused: [MQTT-3.1.3-8]
     await client.send(Publish(topic + "x", b"sent after a refused CONNECT"))  # before the CONNACK came back
     connack = await expect_packet(client, Connack)
     if connack.reason_code == 0:
@@ -161,14 +156,14 @@ async def test_packets_after_a_refused_connect_are_not_processed(client_factory,
 @pytest.mark.spec("MQTT-3.1.2-3", "MQTT-3.1.4-1")
 async def test_reserved_connect_flag_closes_the_connection(client_factory):
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, reserved=True))
+    await client.send(client.connect_packet(reserved=True))
     await expect_closed_as_malformed(client)
 
 
 @pytest.mark.spec("MQTT-3.1.4-1", v311="MQTT-3.1.2-14", v5="MQTT-3.1.2-12")
 async def test_will_qos_3_closes_the_connection(client_factory, topic):
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, will=Will(topic + "will", b"x", qos=3)))
+    await client.send(client.connect_packet(will=Will(topic + "will", b"x", qos=3)))
     await expect_closed_as_malformed(client)
 
 
@@ -180,7 +175,7 @@ async def test_will_qos_3_closes_the_connection(client_factory, topic):
 async def test_will_flags_without_will_flag_close_the_connection(client_factory, flag):
     """Will QoS 1 (or Will Retain 1) with Will Flag 0 and no will in the payload."""
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, **{flag: 1}))
+    await client.send(client.connect_packet(**{flag: 1}))
     await expect_closed_as_malformed(client)
 
 
@@ -193,7 +188,7 @@ async def test_credential_flag_without_the_field_closes_the_connection(client_fa
     """The User Name (or Password) Flag is 1 but the payload ends before that field."""
     client = await raw_client(client_factory)
     fields = {"username_flag": True} if field == "username" else {"username": "mh-user", "password_flag": True}
-    await client.send(connect_packet(client, **fields))
+    await client.send(client.connect_packet(**fields))
     await expect_closed_as_malformed(client)
 
 
@@ -201,7 +196,7 @@ async def test_credential_flag_without_the_field_closes_the_connection(client_fa
 @pytest.mark.spec(v311=["MQTT-3.1.2-22", "MQTT-3.1.4-1"])
 async def test_password_without_username_closes_the_connection(client_factory):
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, password=b"mh-pass"))
+    await client.send(client.connect_packet(password=b"mh-pass"))
     await expect_closed_as_malformed(client)
 
 
@@ -220,7 +215,7 @@ async def test_user_name_and_password_are_read_as_credentials(broker, client_fac
         password = broker.credentials["password"]
         password = password.encode() if isinstance(password, str) else password
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, username=username, password=password))
+    await client.send(client.connect_packet(username=username, password=password))
     await expect_credentials_handled(client, mqtt_version)
 
 
@@ -229,7 +224,7 @@ async def test_user_name_and_password_are_read_as_credentials(broker, client_fac
 async def test_password_without_user_name_is_read_as_credentials(client_factory, mqtt_version):
     """MQTT 5 allows a Password without a User Name (3.1.1 does not)."""
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, password=b"mh-pass"))
+    await client.send(client.connect_packet(password=b"mh-pass"))
     await expect_credentials_handled(client, mqtt_version)
 
 
@@ -251,7 +246,7 @@ async def test_client_id_beyond_the_guaranteed_set_is_accepted_or_rejected_clean
                  "punctuation": f"mh id/+#.{unique_suffix()}",
                  "non_ascii": f"mh-ü€𝄞-{unique_suffix()}"}[shape]
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, client_id=client_id))
+    await client.send(client.connect_packet(client_id=client_id))
     await expect_identifier_handled(client)
 
 
@@ -261,7 +256,7 @@ async def test_empty_client_id_with_clean_session_is_assigned_an_id_or_rejected(
     """A zero-length client id is the broker's choice (MAY); accepted, MQTT 5 returns the Assigned Client
     Identifier; rejected, it is refused with the rejection code."""
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, client_id="", clean=True))
+    await client.send(client.connect_packet(client_id="", clean=True))
     connack = await expect_identifier_handled(client)
     if connack.reason_code == 0 and mqtt_version == "5":
         assert connack.properties.get("assigned_client_identifier"), (
@@ -287,7 +282,7 @@ async def test_assigned_client_identifiers_are_unique(client_factory):
 @pytest.mark.spec("MQTT-3.1.0-2", v5="MQTT-3.2.0-2")
 async def test_second_connect_closes_the_connection(client_factory):
     client = await client_factory()
-    await client.send(connect_packet(client))
+    await client.send(client.connect_packet())
     await expect_closed(client)
     assert len(received(client, Connack)) == 1, "a CONNACK was sent for the second CONNECT"
     for disconnect in received(client, Disconnect):  # MQTT 5 may say why first

@@ -23,7 +23,7 @@ import pytest
 from harness.client import Client
 from harness.core.codec import encode, encode_properties, encode_vbi, summary
 from harness.core.packets import (
-    MQTT_5, Auth, Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrel, Suback,
+    MQTT_5, Auth, Connack, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrel, Suback,
     Subscribe, Subscription, Unsuback, Unsubscribe, Will,
 )
 from harness.core.reason_codes import reason_name
@@ -76,12 +76,6 @@ async def open_raw(client_factory) -> Client:
     client = await client_factory(connect=False)
     await client.open_raw()
     return client
-
-
-def connect_packet(client: Client, **fields) -> Connect:
-    """The CONNECT the client would send, with `fields` replaced."""
-    defaults = dict(client_id=client.client_id, clean=True, keepalive=60, protocol_level=client.version)
-    return Connect(**{**defaults, **fields})
 
 
 async def expect_connect_refused(client: Client, connack_codes: Collection[int] = ()) -> None:
@@ -203,7 +197,7 @@ async def test_broker_refuses_ill_formed_utf8_in_client_id(client_factory, topic
     """3.1.1 lets the broker reject the Client Identifier with CONNACK 0x02 [MQTT-3.1.3-9]; MQTT 5 with 0x81
     (Malformed Packet) or 0x85 (Client Identifier not valid) [MQTT-3.1.3-8]."""
     client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, client_id=b"mh" + bad), client.version))
+    await client.send_raw(encode(client.connect_packet(client_id=b"mh" + bad), client.version))
     await expect_connect_refused(client, {MALFORMED, 0x85} if client.version >= MQTT_5 else {0x02})
     await still_serving(client_factory, topic)
 
@@ -213,7 +207,7 @@ async def test_broker_refuses_ill_formed_utf8_in_client_id(client_factory, topic
 async def test_broker_refuses_ill_formed_utf8_in_will_topic(client_factory, topic, bad):
     watcher = await watching(client_factory, topic + "#")
     client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, will=Will((topic + "will").encode() + bad, b"w")),
+    await client.send_raw(encode(client.connect_packet(will=Will((topic + "will").encode() + bad, b"w")),
                                  client.version))
     await expect_connect_refused(client, {MALFORMED} if client.version >= MQTT_5 else ())
     await expect_nothing(watcher)  # no Will with a broken topic, either
@@ -225,7 +219,7 @@ async def test_broker_refuses_ill_formed_utf8_in_will_topic(client_factory, topi
 async def test_broker_refuses_ill_formed_utf8_in_user_name(client_factory, topic, bad):
     """MQTT 5 may also answer 0x86 (Bad User Name or Password); 3.1.1 closes, or refuses with 0x04."""
     client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, username=b"mh" + bad, password=b"p"), client.version))
+    await client.send_raw(encode(client.connect_packet(username=b"mh" + bad, password=b"p"), client.version))
     await expect_connect_refused(client, {MALFORMED, 0x86} if client.version >= MQTT_5 else {0x04})
     await still_serving(client_factory, topic)
 
@@ -322,7 +316,7 @@ async def test_broker_closes_on_subscribe_with_reserved_option_bits(client_facto
 async def test_broker_refuses_a_user_name_without_the_user_name_flag(client_factory, topic):
     """The field is there, the flag says it is not: the CONNECT's Remaining Length covers bytes no field claims."""
     client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client, username="stray", username_flag=False), client.version))
+    await client.send_raw(encode(client.connect_packet(username="stray", username_flag=False), client.version))
     await expect_connect_refused(client)
     await still_serving(client_factory, topic)
 
@@ -547,7 +541,7 @@ async def test_broker_closes_on_publish_with_a_connect_property(client_factory, 
 @pytest.mark.v5_only
 async def test_broker_refuses_connect_with_a_publish_property(client_factory, topic):
     client = await open_raw(client_factory)
-    await client.send_raw(encode(connect_packet(client), client.version, raw_properties=property_bytes(topic_alias=1)))
+    await client.send_raw(encode(client.connect_packet(), client.version, raw_properties=property_bytes(topic_alias=1)))
     await expect_connect_refused(client, {MALFORMED})
     await still_serving(client_factory, topic)
 

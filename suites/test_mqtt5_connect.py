@@ -9,7 +9,7 @@ import pytest
 from harness.client import Client
 from harness.core.codec import encode, summary
 from harness.core.packets import (
-    Auth, Connack, Connect, Disconnect, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Unsuback, Will,
+    Auth, Connack, Disconnect, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, Unsuback, Will,
 )
 from harness.core.reason_codes import ALLOWED
 from harness.expect import expect_closed, expect_nothing, expect_packet, received
@@ -25,10 +25,6 @@ async def raw_client(client_factory, **kwargs) -> Client:
     client = await client_factory(connect=False, **kwargs)
     await client.open_raw()
     return client
-
-
-def connect_packet(client: Client, **fields) -> Connect:
-    return Connect(**{"client_id": client.client_id, "protocol_level": client.version, **fields})
 
 
 async def expect_refused(client: Client) -> None:
@@ -78,7 +74,7 @@ async def test_no_reason_string_or_user_property_on_acks_when_problem_informatio
 @pytest.mark.spec("MQTT-4.12.0-1", "MQTT-4.12.0-4", "MQTT-3.2.2-8")
 async def test_unknown_authentication_method_is_refused(client_factory):
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, properties={"authentication_method": UNKNOWN_METHOD}))
+    await client.send(client.connect_packet(properties={"authentication_method": UNKNOWN_METHOD}))
     await expect_refused(client)
     for connack in received(client, Connack):
         assert connack.reason_code in ALLOWED[2], summary(connack)  # a Connect Reason Code
@@ -90,7 +86,7 @@ async def test_packets_after_a_refused_connect_are_not_processed(client_factory,
     watcher = await client_factory(name="watcher")
     await watcher.subscribe(topic + "x", qos=1)
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, properties={"authentication_method": UNKNOWN_METHOD}))
+    await client.send(client.connect_packet(properties={"authentication_method": UNKNOWN_METHOD}))
     await client.send(Publish(topic + "x", b"sent after a refused CONNECT", qos=1, packet_id=1))  # before CONNACK
     await expect_refused(client)
     assert not received(client, Puback), "the broker acknowledged a PUBLISH sent after the CONNECT it refused"
@@ -137,7 +133,7 @@ async def test_auth_with_reserved_flags_is_refused(client_factory):
 @pytest.mark.requires(qos2=False)
 async def test_will_qos_above_the_maximum_qos_is_refused(client_factory, topic):
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, will=Will(topic + "will", b"w", qos=2)))
+    await client.send(client.connect_packet(will=Will(topic + "will", b"w", qos=2)))
     await expect_refused(client)
 
 
@@ -145,5 +141,5 @@ async def test_will_qos_above_the_maximum_qos_is_refused(client_factory, topic):
 @pytest.mark.requires(retain=False)
 async def test_retained_will_is_refused_without_retain_support(client_factory, topic):
     client = await raw_client(client_factory)
-    await client.send(connect_packet(client, will=Will(topic + "will", b"w", retain=True)))
+    await client.send(client.connect_packet(will=Will(topic + "will", b"w", retain=True)))
     await expect_refused(client)

@@ -33,6 +33,7 @@ class RawWebSocket:
         self.subprotocol = subprotocol
         self.closed = False
         self.text_frames: list[str] = []
+        self.login: dict = {}  # username/password for the CONNECT the test builds
 
     @classmethod
     async def open(cls, url: str, version: int, subprotocols=("mqtt",), timeout: float = 5.0) -> "RawWebSocket":
@@ -83,6 +84,9 @@ def raw_ws(broker, mqtt_version):
     @contextlib.asynccontextmanager
     async def open_(**kwargs):
         ws = await RawWebSocket.open(broker.url("ws"), 5 if mqtt_version == "5" else 4, **kwargs)
+        # The login the broker's clients need (e.g. ejabberd's user name and password), for the test's CONNECT.
+        ws.login = {key: value.encode() if key == "password" and isinstance(value, str) else value
+                    for key, value in broker.credentials.items() if value is not None}
         try:
             yield ws
         finally:
@@ -92,8 +96,8 @@ def raw_ws(broker, mqtt_version):
     return open_
 
 
-def connect_bytes(version: int, client_id: str) -> bytes:
-    return encode(Connect(client_id=client_id, protocol_level=version), version)
+def connect_bytes(ws: RawWebSocket, client_id: str) -> bytes:
+    return encode(Connect(client_id=client_id, protocol_level=ws.decoder.version, **ws.login), ws.decoder.version)
 
 
 @pytest.mark.spec("MQTT-6.0.0-4")
@@ -106,7 +110,7 @@ async def test_broker_selects_the_mqtt_subprotocol(raw_ws):
 async def test_packets_split_across_frames_and_packed_into_one_are_read(raw_ws, topic):
     async with raw_ws() as ws:
         version = ws.decoder.version
-        connect = connect_bytes(version, "mh-ws-" + topic.strip("/").replace("/", "-"))
+        connect = connect_bytes(ws, "mh-ws-" + topic.strip("/").replace("/", "-"))
         ws.send_frame(connect[:3])  # one CONNECT over three frames, cut mid-header and mid-field
         ws.send_frame(connect[3:9])
         ws.send_frame(connect[9:])
@@ -132,7 +136,7 @@ async def test_broker_closes_on_mqtt_data_in_a_text_frame(raw_ws, client_factory
     await watcher.subscribe(topic + "a", qos=0)
     async with raw_ws() as ws:
         version = ws.decoder.version
-        ws.send_frame(connect_bytes(version, "mh-ws-text-" + topic.strip("/").replace("/", "-")))
+        ws.send_frame(connect_bytes(ws, "mh-ws-text-" + topic.strip("/").replace("/", "-")))
         await ws.until(lambda w: w.has(Connack))
         publish = encode(Publish(topic + "a", b"as text"), version)
         assert publish.isascii(), publish

@@ -72,7 +72,7 @@ async def test_will_is_published_when_the_broker_closes_for_a_protocol_error(cli
     watcher = await watch(client_factory, topic + "will")
     willer = await client_factory(name="willer", will=Will(topic + "will", b"protocol error"))
     if violation == "second_connect":
-        await willer.send(Connect(willer.client_id, protocol_level=willer.version))
+        await willer.send(Connect(willer.client_id, protocol_level=willer.version, **willer.login))
     else:
         await willer.send(Publish(topic + "other", b"x", qos=3, packet_id=1))  # both QoS bits set
     await expect_closed(willer)

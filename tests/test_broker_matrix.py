@@ -19,7 +19,8 @@ from harness.transport import TlsOptions
 
 # (broker, backend): each serves the listener kinds its profile names.
 TARGETS = [("mosquitto", "process"), ("mosquitto", "docker"), ("aedes", "process"), ("amqtt", "process"),
-           ("nats", "process"), ("rabbitmq", "process"), ("rabbitmq-mtls", "process"), ("activemq", "process")]
+           ("nats", "process"), ("rabbitmq", "process"), ("rabbitmq-mtls", "process"), ("activemq", "process"),
+           ("ejabberd", "process")]
 ROUND_TRIP_KINDS = ("mqtt", "mqtts", "mqtts-mtls", "ws")
 
 
@@ -65,11 +66,11 @@ def test_qos1_round_trip(target, pki, kind, version):
         pytest.skip(f"{defn.name} has no {kind} listener (profile: {', '.join(defn.listeners)})")
     if version not in defn.capabilities.versions:
         pytest.skip(f"{defn.name} does not speak MQTT {version} (profile: {', '.join(defn.capabilities.versions)})")
-    url = brokers[kind].url(kind)
+    url, login = brokers[kind].url(kind), brokers[kind].credentials  # ejabberd needs a user name and password
 
     async def main():
-        async with Client(url, version=version, tls=_tls(kind, pki)) as sub, \
-                Client(url, version=version, tls=_tls(kind, pki)) as pub:
+        async with Client(url, version=version, tls=_tls(kind, pki), **login) as sub, \
+                Client(url, version=version, tls=_tls(kind, pki), **login) as pub:
             topic = f"matrix/{kind}/v{version.replace('.', '')}"  # NATS refuses '.' in MQTT topics
             await sub.subscribe(topic, qos=1)
             ack = await pub.publish(topic, b"round trip", qos=1)

@@ -123,7 +123,7 @@ def test_broker_starts_serves_and_stops_cleanly(name, kinds, pki):
         # Every MQTT-over-TCP listener answers CONNECT (ws/wss get their round trips with the reference client).
         for kind in (MQTT, MQTTS, MQTTS_MTLS):
             if kind in kinds:
-                probe_connack(broker.url(kind), timeout=10, **tls_args(broker, kind))
+                probe_connack(broker.url(kind), timeout=10, **tls_args(broker, kind), **broker.credentials)
         # Everything it listens on is on the loopback, on the ports it was given (the internal ones included).
         # Every process of the instance counts: RabbitMQ's script runs beam.smp as a child, epmd daemonizes.
         ports = [*broker.ports.values(), *broker.internal_ports.values()]
