@@ -21,11 +21,10 @@ from harness.brokers.broker import BrokerError, BrokerUnavailable
 from harness.pki import generate_pki
 
 
-def measure(name: str, runs: int, pki) -> tuple[list[float], list[float]]:
-    listeners = list(definitions.load(name).listeners)
+def measure(defn: definitions.BrokerDef, runs: int, pki) -> tuple[list[float], list[float]]:
     ready, down = [], []
     for _ in range(runs):
-        broker = ProcessBroker(name, listeners=listeners, pki=pki)
+        broker = ProcessBroker(defn, listeners=list(defn.listeners), pki=pki)
         broker.start(timeout=60)
         ready.append(broker.startup_seconds)
         began = time.monotonic()
@@ -46,20 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    for name in args.brokers:
-        try:
-            definitions.load(name)
-        except BrokerError as exc:
-            parser.error(str(exc))
+    try:
+        defns = [definitions.load(name) for name in args.brokers]
+    except BrokerError as exc:
+        parser.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="mh-startup-") as tmp:
         pki = generate_pki(tmp)
-        for name in args.brokers:
+        for defn in defns:
             try:
-                ready, down = measure(name, args.runs, pki)
+                ready, down = measure(defn, args.runs, pki)
             except BrokerUnavailable as exc:
-                print(f"{name}: skipped: {exc}", flush=True)
+                print(f"{defn.name}: skipped: {exc}", flush=True)
                 continue
-            print(f"{name}: ready {_span(ready)}, stop {_span(down)} ({args.runs} starts)", flush=True)
+            print(f"{defn.name}: ready {_span(ready)}, stop {_span(down)} ({args.runs} starts)", flush=True)
     return 0
 
 

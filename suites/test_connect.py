@@ -208,12 +208,10 @@ async def test_password_without_username_closes_the_connection(client_factory):
 async def test_user_name_and_password_are_read_as_credentials(broker, client_factory, mqtt_version, password):
     """A broker under test with credentials (--username/--password) must accept them; otherwise these made-up ones
     may be accepted (anonymous access) or refused for the credentials, never treated as a malformed CONNECT."""
-    username = broker.credentials["username"]
-    if username is None:
-        username = "mh-user"
-    elif broker.credentials["password"] is not None:
-        password = broker.credentials["password"]
-        password = password.encode() if isinstance(password, str) else password
+    login = broker.login
+    username = login.get("username", "mh-user")
+    if "username" in login and "password" in login:
+        password = login["password"]
     client = await raw_client(client_factory)
     await client.send(client.connect_packet(username=username, password=password))
     await expect_credentials_handled(client, mqtt_version)

@@ -43,7 +43,7 @@ import secrets
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -75,14 +75,17 @@ SHRINK_SECONDS = {"default": 60, "thorough": 300}
 _HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
 
 
-def _runs(table: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
+T = TypeVar("T")
+
+
+def _for_profile(table: dict[str, T]) -> T:
     return table.get(settings.get_current_profile_name(), table["default"])
 
 
 def _settings(table: dict[str, tuple[int, int, int]]) -> settings:
     """Bounded and derandomized (the same examples every run: CI outcomes do not depend on luck) unless the
     profile is "thorough", which explores with fresh randomness and the example database."""
-    examples, steps, _ = _runs(table)
+    examples, steps, _ = _for_profile(table)
     thorough = settings.get_current_profile_name() == "thorough"
     extra = {"stateful_step_count": steps} if steps else {}
     return settings(settings.default, max_examples=examples, deadline=None, derandomize=not thorough,
@@ -776,8 +779,8 @@ class ModelMachine(RuleBasedStateMachine):
 
 # ---------------------------------------------------------------------------------------------------- tests
 
-_MACHINE = _runs(MACHINE_RUNS)
-_MATCHING = _runs(MATCHING_RUNS)
+_MACHINE = _for_profile(MACHINE_RUNS)
+_MATCHING = _for_profile(MATCHING_RUNS)
 
 
 @pytest.mark.spec(
@@ -807,7 +810,7 @@ def test_random_histories_agree_with_the_model(request, monkeypatch, broker, cli
     failure = None
     # hypothesis has no setting for this; its engine reads the module constant when shrinking starts.
     monkeypatch.setattr(hypothesis_engine, "MAX_SHRINKING_SECONDS",
-                        SHRINK_SECONDS.get(settings.get_current_profile_name(), SHRINK_SECONDS["default"]))
+                        _for_profile(SHRINK_SECONDS))
     try:
         run_state_machine_as_test(ModelMachine, settings=_settings(MACHINE_RUNS))
     except Exception as exc:  # noqa: BLE001 - reported below, with the replay script

@@ -84,9 +84,7 @@ def raw_ws(broker, mqtt_version):
     @contextlib.asynccontextmanager
     async def open_(**kwargs):
         ws = await RawWebSocket.open(broker.url("ws"), 5 if mqtt_version == "5" else 4, **kwargs)
-        # The login the broker's clients need (e.g. ejabberd's user name and password), for the test's CONNECT.
-        ws.login = {key: value.encode() if key == "password" and isinstance(value, str) else value
-                    for key, value in broker.credentials.items() if value is not None}
+        ws.login = broker.login  # what the broker's clients need (e.g. ejabberd's user name and password)
         try:
             yield ws
         finally:

@@ -234,6 +234,12 @@ class BrokerUnderTest:
         profile = self.instance.credentials if self.instance is not None else {}
         return {key: profile.get(key) if value is None else value for key, value in given.items()}
 
+    @property
+    def login(self) -> dict[str, Any]:
+        """`credentials` as CONNECT fields (only those set; the password as bytes), for CONNECTs built by hand."""
+        return {key: value.encode() if key == "password" and isinstance(value, str) else value
+                for key, value in self.credentials.items() if value is not None}
+
     def logs(self) -> str:
         """The broker's log so far ("" for external brokers: their logs are not ours to read)."""
         return self.instance.logs() if self.instance is not None else ""
