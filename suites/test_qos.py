@@ -334,6 +334,6 @@ async def test_exceeding_the_broker_receive_maximum_is_a_disconnect_0x93(client_
             await pub.send(Publish(topic + "a", b"%d" % pid, qos=2, packet_id=pid))
         except ConnectionClosed:
             break  # closed before we got to the excess one: expect_closed() below reports what it sent
-    await expect_closed(pub)
+    await expect_closed(pub, probe=True)
     if pub.server_disconnect is not None:
         assert pub.server_disconnect.reason_code == 0x93, f"expected DISCONNECT 0x93, got {pub.server_disconnect}"

@@ -25,7 +25,7 @@ async def test_no_local_on_a_shared_subscription_is_a_protocol_error(client_fact
     """A Protocol Error: the broker closes the connection (a DISCONNECT first, if any, says 0x82) and grants nothing."""
     client = await client_factory()
     await client.send(Subscribe(1, [Subscription(share(topic), 1, no_local=True)]))
-    await expect_closed(client)
+    await expect_closed(client, probe=True)
     granted = [s for s in received(client, Suback) if any(c < 0x80 for c in s.reason_codes)]
     assert not granted, f"the broker granted No Local on a shared subscription: {summary(granted[0])}"
     sent = client.server_disconnect

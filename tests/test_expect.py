@@ -9,8 +9,12 @@ import time
 import pytest
 
 from harness.client import Client
-from harness.core.packets import Connack, Puback, Publish, Suback, Subscribe
-from harness.expect import ExpectationFailed, collect, expect_closed, expect_nothing, expect_packet, mark
+from harness.core.codec import Decoder, encode
+from harness.core.packets import Connack, Connect, Pingreq, Pingresp, Puback, Publish, Suback, Subscribe
+from harness.expect import (
+    PROBE_AFTER, PROBE_GRACE, ExpectationFailed, collect, expect_closed, expect_nothing, expect_packet, mark,
+)
+from harness.packet_log import OUT
 
 LONG = 30.0  # the expectation's timeout in the fail-at-once tests
 QUICK = 5.0  # they must fail well within this: a round trip, not the timeout
@@ -164,4 +168,63 @@ def test_expect_closed_fails_at_once_when_the_broker_answers_instead(mosquitto, 
             assert took < QUICK, f"waited {took:.1f}s after the broker answered"
             assert reason(exc).endswith("but it answered instead; received PUBACK(packet_id=1, reason_code=0x10 "
                                         "NO_MATCHING_SUBSCRIBERS)"), reason(exc)
+    run(main())
+
+
+def test_expect_closed_probe_decides_a_connection_kept_open_in_about_a_second_and_a_half(mosquitto):
+    """mosquitto 2.0 ignores a SUBACK sent by a client (its known limit) and keeps the connection open: the PINGREQ
+    probe's PINGRESP shows that, so the failure comes after PROBE_AFTER + PROBE_GRACE, not the 30 s timeout."""
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="3.1.1") as client:
+            mark(client)
+            await client.send(Suback(1, [0]))
+            exc, took = await failing_fast(expect_closed(client, timeout=LONG, probe=True))
+            assert PROBE_AFTER + PROBE_GRACE <= took < QUICK, f"the probe decided after {took:.2f}s"
+            assert (f"still open {PROBE_AFTER:g}s later, it answered a PINGREQ and kept the connection open "
+                    f"{PROBE_GRACE:g}s more") in reason(exc), reason(exc)
+            pings = [e for e in client.log.entries if e.direction == OUT and isinstance(e.packet, Pingreq)]
+            assert len(pings) == 1, pings
+    run(main())
+
+
+def test_expect_closed_probe_is_not_sent_when_the_broker_closes_at_once(mosquitto):
+    """mosquitto closes a connection that sends it a CONNACK: it does so before PROBE_AFTER, so no PINGREQ goes out."""
+    async def main():
+        async with Client(mosquitto.url("mqtt"), version="3.1.1") as client:
+            await client.send(Connack(False, 0))
+            await expect_closed(client, timeout=LONG, probe=True)
+        assert not [e for e in client.log.entries if e.direction == OUT and isinstance(e.packet, Pingreq)]
+    run(main())
+
+
+def test_expect_closed_probe_allows_a_close_that_follows_the_pingresp():
+    """A broker that answers the probe and closes shortly after (aedes and amqtt do, for a PINGREQ just behind the
+    packet they close for) passes: the close comes within PROBE_GRACE of the PINGRESP. A real socket server that
+    does exactly that, since no broker here does it on demand."""
+    async def main():
+        closed_after_pingresp = asyncio.Event()
+
+        async def serve(reader, writer):
+            decoder = Decoder(4)
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    break
+                for packet in decoder.feed(data):
+                    if isinstance(packet, Connect):
+                        writer.write(encode(Connack(False, 0), 4))
+                    elif isinstance(packet, Pingreq):
+                        writer.write(encode(Pingresp(), 4))
+                        await writer.drain()
+                        await asyncio.sleep(PROBE_GRACE / 4)  # models a broker closing a moment after it answered
+                        writer.close()
+                        closed_after_pingresp.set()
+                        return
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, Client(f"mqtt://127.0.0.1:{port}", version="3.1.1") as client:
+            await client.send(Suback(1, [0]))
+            await expect_closed(client, timeout=LONG, probe=True)
+            assert closed_after_pingresp.is_set()
     run(main())

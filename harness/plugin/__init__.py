@@ -381,17 +381,35 @@ def _dist_given(config: pytest.Config) -> bool:
     return any("--dist" in text for text in sources)
 
 
+def _suite_run(config: pytest.Config) -> bool:
+    return bool(config.getoption("broker", None)) or any(
+        "suites" in Path(str(arg).split("::")[0]).resolve().parts for arg in config.args)
+
+
+# Workers per CPU for `-n auto` in a suite run. The suites mostly wait on the broker's timers and round trips
+# (keepalive windows, expiry intervals, closes), not on CPU: with one worker per CPU on 2 cores, 40 waiting tests
+# took 180 of the 193 s of test time. bench/README.md, "Profile: suite wall time", has the measurements.
+WORKERS_PER_CPU = 3
+MAX_AUTO_WORKERS = 16
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own (one per CPU)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` in a suite run: WORKERS_PER_CPU workers per CPU (at most MAX_AUTO_WORKERS). Other runs, and an
+    explicit PYTEST_XDIST_AUTO_NUM_WORKERS, keep xdist's own count (one per CPU)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or not _suite_run(config):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, WORKERS_PER_CPU * cpus))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """A suite run under xdist's implicit `--dist load` (plain `-n N`) uses work stealing instead: every worker
     starts on an even share, the long tests first (pytest_collection_modifyitems), and a worker that runs out takes
     half of another's queue from its end, so the workers end together instead of one waiting out a long test the
     other picked up last. An explicit --dist is left alone, and so are runs that are not suite runs."""
-    if config.getoption("dist", "no") != "load" or _dist_given(config):
-        return None
-    suite_run = bool(config.getoption("broker")) or any(
-        "suites" in Path(str(arg).split("::")[0]).resolve().parts for arg in config.args)
-    if not suite_run:
+    if config.getoption("dist", "no") != "load" or _dist_given(config) or not _suite_run(config):
         return None
     from xdist.scheduler import WorkStealingScheduling
 

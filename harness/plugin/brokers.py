@@ -289,6 +289,7 @@ class BrokerPool:
     _profiles: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     _brokers: dict[str, BrokerUnderTest] = field(default_factory=dict)
     _failures: dict[str, BaseException] = field(default_factory=dict)
+    _limits_by_profile: dict[str, dict[str, str]] = field(default_factory=dict)
     _pki: Pki | None = None
 
     @property
@@ -332,10 +333,17 @@ class BrokerPool:
     def known_limits(self, spec: BrokerSpec) -> dict[str, str]:
         """Profile known limits plus --known-limits entries for this broker (by id or by name as written)."""
         profile = self.profile_of(spec)[0]
-        limits = dict(brokerdefs.load(profile).capabilities.known_limits) if profile else {}
+        limits = dict(self._profile_limits(profile)) if profile else {}
         for key in (spec.definition, spec.name, spec.id):
             limits.update(self.extra_limits.get(key or "", {}))
         return limits
+
+    def _profile_limits(self, profile: str) -> dict[str, str]:
+        """The profile's known limits, read once per run: asked for every collected test, and parsing the
+        broker.yaml each time was 20 of the 30 s a worker spent collecting the suites."""
+        if profile not in self._limits_by_profile:
+            self._limits_by_profile[profile] = brokerdefs.load(profile).capabilities.known_limits
+        return self._limits_by_profile[profile]
 
     def get(self, spec: BrokerSpec) -> BrokerUnderTest:
         if spec.id in self._brokers:
