@@ -4,6 +4,7 @@ matrix over two brokers, capability gating, known-limit xfails, statement valida
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
 import xml.etree.ElementTree as ET
@@ -313,6 +314,24 @@ def test_xdist_workers_run_their_own_brokers(pytester):
     report = load(pytester.path / "out" / "report.json")
     assert report.run.workers == 2 and len(report.results) == 6
     assert len(report.brokers) == 1 and len(report.brokers[0].urls["mqtt"]) == 2  # one mosquitto per worker
+
+
+def test_auto_workers_in_a_suite_run_are_three_per_cpu_unless_the_user_sets_them(pytester, monkeypatch):
+    """The suites wait on broker timers more than they compute: `-n auto` with a broker starts WORKERS_PER_CPU
+    workers per CPU; PYTEST_XDIST_AUTO_NUM_WORKERS, xdist's own setting, still decides when given."""
+    require_process("mosquitto")
+    from harness.plugin import MAX_AUTO_WORKERS, WORKERS_PER_CPU
+
+    shutil.copy(SMOKE, pytester.path / SMOKE.name)
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    run(pytester, SMOKE.name, "--broker", "mosquitto:process", "-n", "auto", "--report-dir", "auto").assert_outcomes(
+        passed=6)
+    cpus = len(os.sched_getaffinity(0))
+    assert load(pytester.path / "auto" / "report.json").run.workers == min(MAX_AUTO_WORKERS, WORKERS_PER_CPU * cpus)
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "1")
+    run(pytester, SMOKE.name, "--broker", "mosquitto:process", "-n", "auto", "--report-dir", "one").assert_outcomes(
+        passed=6)
+    assert load(pytester.path / "one" / "report.json").run.workers == 1
 
 
 def test_mqtt_harness_run(tmp_path):

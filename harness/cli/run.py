@@ -51,8 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", metavar="EXPR", help="only tests matching this pytest -k expression")
     p.add_argument("-m", metavar="EXPR", help="only tests matching this pytest -m marker expression")
     p.add_argument("-n", metavar="N", help="parallel workers (pytest-xdist): a number or 'auto' (the default where "
-                                           "pytest-xdist is installed; -n 0: one process); each worker starts its own "
-                                           "brokers")
+                                           "pytest-xdist is installed: 3 per CPU, as the suites mostly wait on broker "
+                                           "timers; -n 0: one process); each worker starts its own brokers")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
     p.add_argument("--statement", action="append", default=[], metavar="ID",
                    help="only the tests tagged with this OASIS statement ID, repeatable; a prefix selects every ID "
