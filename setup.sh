@@ -49,6 +49,13 @@ if [ -f brokers/aedes/package.json ] && [ ! -d brokers/aedes/node_modules ]; the
   (cd brokers/aedes && npm install --no-audit --no-fund --silent)
 fi
 
+# The proxy's C forwarder (harness/proxy/forward.c), cached per source hash; built on first use otherwise.
+if so=$(.venv/bin/python -m harness.proxy.native 2>&1); then
+  say "proxy: native forwarder at $so"
+else
+  say "proxy: $so (the proxy forwards in Python)"
+fi
+
 if [ -x .ci/setup-docker.sh ]; then
   if .ci/setup-docker.sh; then
     # the default broker of `mqtt-harness run` is mosquitto in docker; no registry here, so build it locally

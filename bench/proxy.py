@@ -5,9 +5,13 @@ as its own process (so it has its own CPU, and no tap data carries over), waited
 stopped by PID right after:
 
   direct            the broker itself
-  proxy             mqtt-harness proxy --listen 127.0.0.1:P --upstream 127.0.0.1:B   (tap on: the default)
-  proxy-notap       the same with --no-tap
-  proxy-pcap        the same with --pcap FILE; the file is written when the proxy stops, and that time is kept
+  proxy             mqtt-harness proxy --listen 127.0.0.1:P --upstream 127.0.0.1:B   (as users run it: with
+                    nothing to decode or record, the C forwarder)
+  proxy-python      the same with --python-forwarder (the asyncio forwarder, no tap)
+  proxy-tap         the same with --control 127.0.0.1:0 (the Python forwarder with the tap on, as the pytest
+                    fixture and every proxy whose rules can change at runtime run)
+  proxy-pcap        the same with --pcap FILE (tap on); the file is written when the proxy stops, and that time
+                    is kept
   proxy-noqa        `proxy` with --no-quick-ack (delayed ACKs left to the kernel; not in the default set)
   socat             socat TCP-LISTEN:P,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:B
   socat-nodelay     the same with ,nodelay on both addresses (plain socat leaves Nagle on)
@@ -42,9 +46,10 @@ from harness.brokers.ports import release_ports, reserve_ports
 from harness.brokers.probe import wait_until_ready
 from harness.brokers.reaper import is_running, start_time
 
-DIRECT, PROXY, NOTAP, PCAP, NOQA, SOCAT, SOCAT_NODELAY, LAB = (
-    "direct", "proxy", "proxy-notap", "proxy-pcap", "proxy-noqa", "socat", "socat-nodelay", "asyncio-protocol")
-PATHS = (DIRECT, PROXY, NOTAP, PCAP, SOCAT, SOCAT_NODELAY, LAB)  # the default set
+DIRECT, PROXY, NOTAP, TAP, PCAP, NOQA, SOCAT, SOCAT_NODELAY, LAB = (
+    "direct", "proxy", "proxy-python", "proxy-tap", "proxy-pcap", "proxy-noqa", "socat", "socat-nodelay",
+    "asyncio-protocol")
+PATHS = (DIRECT, PROXY, NOTAP, TAP, PCAP, SOCAT, SOCAT_NODELAY, LAB)  # the default set
 KNOWN_PATHS = (*PATHS, NOQA)
 DEFAULT_CLIENTS = ("mqtt-harness", "paho-thread")
 DEFAULT_LAT_CLIENTS = ("mqtt-harness", "paho-thread", "paho-loop")
@@ -59,7 +64,7 @@ STOP_TIMEOUT = 5.0
 PCAP_STOP_TIMEOUT = 600.0  # the proxy writes its pcap on the way out
 ATTEMPTS = 5  # a process outside the harness's port registry may take the port before the forwarder binds it
 
-# Targets (judged on the default proxy, tap on, as users run it): medians of same-rep ratios.
+# Targets (judged on the default proxy, as users run it): medians of same-rep ratios.
 MIN_VS_DIRECT = 0.80
 MIN_VS_SOCAT = 1.00
 MAX_ADDED_P50_US = 100.0
@@ -67,11 +72,12 @@ MAX_ADDED_P50_US = 100.0
 
 def _argv(path: str, port: int | str, broker: int | str, run_dir: Path) -> list[str]:
     listen, up = f"127.0.0.1:{port}", f"127.0.0.1:{broker}"
-    if path in (PROXY, NOTAP, PCAP, NOQA):
+    if path in (PROXY, NOTAP, TAP, PCAP, NOQA):
         cli = Path(sys.executable).with_name("mqtt-harness")
         if not cli.exists():
             raise SystemExit(f"{cli} not found: install the harness into this venv (pip install -e .)")
-        extra = {PROXY: [], NOTAP: ["--no-tap"], PCAP: ["--pcap", str(run_dir / PCAP_NAME)],
+        extra = {PROXY: [], NOTAP: ["--python-forwarder"], TAP: ["--control", "127.0.0.1:0"],
+                 PCAP: ["--pcap", str(run_dir / PCAP_NAME)],
                  NOQA: ["--no-quick-ack"]}[path]
         return [str(cli), "proxy", "--listen", listen, "--upstream", up, *extra]
     if path in (SOCAT, SOCAT_NODELAY):
@@ -370,7 +376,7 @@ def markdown(result: dict) -> str:
         out += ["", "### Throughput, proxied ÷ direct (same rep)", "",
                 "msgs/s as in the throughput section (one publisher + one subscriber process, both through the "
                 "path). Cells: median (min–max) over reps of path ÷ direct; direct in msgs/s. `proxy ÷ socat` "
-                "compares our proxy (tap on) with plain socat in the same rep. lost / dup per rep if any.", "",
+                "compares our proxy (as users run it) with plain socat in the same rep. lost / dup per rep if any.", "",
                 "| size | QoS | client | direct msgs/s | " + " | ".join(others)
                 + (" | proxy ÷ socat" if {PROXY, SOCAT} <= set(paths) else "") + " | lost / dup |",
                 "|---" * (5 + len(others) + ({PROXY, SOCAT} <= set(paths))) + "|"]
@@ -396,10 +402,10 @@ def markdown(result: dict) -> str:
                 return report.fnum(report.median([v / n * 1e6 for v in vals if v is not None]), 1)
             out.append(f"| {size} | {qos} | {client} | {per_msg(DIRECT, 'broker')} | "
                        + " | ".join(per_msg(p, "proxy") for p in others) + " |")
-        if {PROXY, NOTAP} <= set(paths):
+        if {TAP, NOTAP} <= set(paths):
             has_pcap = PCAP in paths
             out += ["", "### Cost of the tap and of pcap capture (throughput)", "",
-                    "Ratios in the same rep. The proxy writes its pcap file when it stops, after the measurement: "
+                    f"Ratios in the same rep; no-tap is `{NOTAP}`, so both sides forward in Python. The proxy writes its pcap file when it stops, after the measurement: "
                     "`stop s` is SIGTERM to exit (tap on, without and with the pcap written), `pcap MB` the "
                     "file's size. Peak RSS (VmHWM) of the proxy process at the end of the measurement.", "",
                     "| size | QoS | client | tap ÷ no-tap |"
@@ -412,13 +418,13 @@ def markdown(result: dict) -> str:
                 def field(path, name, scale=1.0, digits=1):
                     vals = [(idx.get((*key, path, rep)) or {}).get(name) for rep in range(reps)]
                     return report.fnum(report.median([v * scale for v in vals if v is not None]), digits)
-                line = f"| {size} | {qos} | {client} | {report.spread(_tp_ratios(idx, reps, key, PROXY, NOTAP), 2)} |"
+                line = f"| {size} | {qos} | {client} | {report.spread(_tp_ratios(idx, reps, key, TAP, NOTAP), 2)} |"
                 if has_pcap:
                     line += (f" {report.spread(_tp_ratios(idx, reps, key, PCAP, NOTAP), 2)} | "
-                             f"{field(PROXY, 'stop_s', digits=2)} / {field(PCAP, 'stop_s', digits=2)} | "
+                             f"{field(TAP, 'stop_s', digits=2)} / {field(PCAP, 'stop_s', digits=2)} | "
                              f"{field(PCAP, 'pcap_bytes', 2 ** -20)} |")
                 line += " " + " / ".join(field(p, "fwd_peak_rss_kb", 1 / 1024, 0)
-                                         for p in (NOTAP, PROXY, PCAP) if p in paths) + " |"
+                                         for p in (NOTAP, TAP, PCAP) if p in paths) + " |"
                 out.append(line)
     if result["latency"]:
         lidx = _lat_index(result)
@@ -446,15 +452,15 @@ def markdown(result: dict) -> str:
                            f"{report.spread([r['p99_us'] for r in ok])} | {report.spread([r['max_us'] for r in ok])} | "
                            f"{'/'.join(str(r['over_10ms']) for r in ok)} | {added[0]} | {added[1]} | "
                            f"{cpu if path != DIRECT else '–'} |")
-        if {PROXY, NOTAP} <= set(paths):
+        if {TAP, NOTAP} <= set(paths):
             out += ["", "### Cost of the tap and of pcap capture (latency)", "",
-                    "Percentile through the path − the same through `proxy-notap`, same rep, µs.", "",
+                    f"Percentile through the path − the same through `{NOTAP}`, same rep, µs.", "",
                     "| client | tap − no-tap p50 | tap − no-tap p99 |"
                     + (" pcap − no-tap p50 | pcap − no-tap p99 | pcap write s |" if PCAP in paths else ""),
                     "|---|---|---|" + ("---|---|---|" if PCAP in paths else "")]
             for lib in cfg["lat_clients"]:
-                line = (f"| {lib} | {_signed(_lat_added(lidx, reps, lib, PROXY, NOTAP, 'p50_us'))} | "
-                        f"{_signed(_lat_added(lidx, reps, lib, PROXY, NOTAP, 'p99_us'))} |")
+                line = (f"| {lib} | {_signed(_lat_added(lidx, reps, lib, TAP, NOTAP, 'p50_us'))} | "
+                        f"{_signed(_lat_added(lidx, reps, lib, TAP, NOTAP, 'p99_us'))} |")
                 if PCAP in paths:
                     writes = [(lidx.get((lib, PCAP, rep)) or {}).get("stop_s") for rep in range(reps)]
                     line += (f" {_signed(_lat_added(lidx, reps, lib, PCAP, NOTAP, 'p50_us'))} | "
@@ -475,7 +481,7 @@ def _loss(runs) -> str:
 
 
 def targets(result: dict) -> list[dict]:
-    """Our proxy (tap on) against direct and socat (throughput) and direct (added p50 latency)."""
+    """Our proxy (as users run it) against direct and socat (throughput) and direct (added p50 latency)."""
     cfg = result["config"]
     reps, paths = cfg["reps"], cfg["paths"]
     found = []

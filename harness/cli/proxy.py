@@ -1,7 +1,9 @@
 """`mqtt-harness proxy`: run the fault-injecting MQTT proxy in front of a broker until Ctrl-C.
 
 Prints one line per listener on stdout when ready (the proxy URL, then the control API URL if any);
-with --trace, one line per packet on stderr. Exit codes: 0 after Ctrl-C/SIGTERM, 1 on a start failure,
+with --trace, one line per packet on stderr. With nothing to decode or record (no --rules, --control,
+--trace, --pcap or --tls-terminate) the bytes are forwarded in C (harness.proxy.native), unless
+--python-forwarder; the packet tap is kept only when --trace, --pcap or --control can read it. Exit codes: 0 after Ctrl-C/SIGTERM, 1 on a start failure,
 2 on usage errors.
 """
 
@@ -42,10 +44,17 @@ def add_parser(sub) -> None:
     p.add_argument("--pcap", metavar="FILE", help="write the decoded traffic to this pcap file on exit")
     p.add_argument("--control", metavar="HOST:PORT", help="serve the HTTP control API here (loopback only)")
     p.add_argument("--trace", action="store_true", help="print every packet on stderr, both legs")
-    p.add_argument("--no-tap", action="store_true", help="record nothing (fastest; no --trace, no --pcap)")
+    p.add_argument("--no-tap", action="store_true",
+                   help="record nothing, even with --control (no --trace, no --pcap); without --trace, --pcap "
+                        "or --control nothing is recorded anyway, since nothing could read it")
+    p.add_argument("--python-forwarder", action="store_true",
+                   help="forward in Python even when nothing needs it (by default a proxy without --rules, "
+                        "--control, --trace, --pcap or --tls-terminate forwards in C, built with the system "
+                        "compiler on first use)")
     p.add_argument("--no-quick-ack", action="store_true",
                    help="let the kernel delay ACKs as a plain forwarder does (by default every read is ACKed at "
-                        "once, which avoids ~40 ms Nagle stalls with peers such as mosquitto)")
+                        "once, within 1-2 ms by the C forwarder, which avoids ~40 ms Nagle stalls with peers such "
+                        "as mosquitto)")
     p.add_argument("--seed", type=int, help="seed for toxicity draws, jitter and slicer sizes")
     p.set_defaults(func=run)
 
@@ -86,9 +95,20 @@ def _build(args):
         except ValueError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
     trace = (lambda line: print(line, file=sys.stderr, flush=True)) if args.trace else None
+    # A tap nobody can read (no --trace, --pcap or --control) would only grow for as long as the proxy runs.
+    tap = not args.no_tap and bool(args.trace or args.pcap or args.control)
+    native = not (tap or trace or faults or rules or args.control or server_tls or args.python_forwarder)
+    if native:
+        from harness.proxy.native import unavailable
+
+        why = unavailable()
+        if why:
+            print(f"proxy: forwarding in Python; the C forwarder is not available: {why}", file=sys.stderr,
+                  flush=True)
+            native = False
     try:
-        proxy = Proxy(upstream, args.listen, server_tls=server_tls, upstream_tls=upstream_tls,
-                      tap=not args.no_tap, seed=args.seed, trace=trace, quick_ack=not args.no_quick_ack)
+        proxy = Proxy(upstream, args.listen, server_tls=server_tls, upstream_tls=upstream_tls, tap=tap,
+                      seed=args.seed, trace=trace, quick_ack=not args.no_quick_ack, native=native)
     except Exception as exc:  # noqa: BLE001 - ProxyError/TlsError: one line each
         raise CliError(str(exc)) from None
     if rules and not proxy.mqtt:
@@ -125,7 +145,8 @@ async def _serve(proxy, faults, rules, args) -> int:
                 control = ControlServer(proxy, loop, args.control).start()
             except ProxyError as exc:
                 raise CliError(str(exc)) from None
-        print(f"proxy {proxy.url} -> {proxy.upstream.display()} ({proxy.mode})", flush=True)
+        how = f"{proxy.mode}, native forwarder" if proxy.native else proxy.mode
+        print(f"proxy {proxy.url} -> {proxy.upstream.display()} ({how})", flush=True)
         if control is not None:
             print(f"control {control.url}", flush=True)
         await stop.wait()

@@ -190,11 +190,13 @@ class _Route:
         dest = self.dest
         if dest is None or dest.is_closing():
             return
+        if self.log is not None:
+            # Before the write: once it is out the peer may react, and a test may read the tap, before this
+            # thread runs again (a device suite read a CONNACK-less tap after the device had reported it).
+            self.conn._record(self.log, OUT, data)
         dest.write(data)
         self.delivered += len(data)
         self.writes += 1
-        if self.log is not None:
-            self.conn._record(self.log, OUT, data)
 
     def set_dest_paused(self, paused: bool) -> None:
         self.dest_paused = paused

@@ -5,11 +5,14 @@ harness.proxy.state (what happens to packets); harness.proxy.connection moves th
 connection between two asyncio Protocols (the fastest forwarding found in the perf lab; TCP_NODELAY
 is set on both legs). With no rules and no faults a chunk goes straight from one socket to the
 other: no decoding, no copy. The packet tap (on by default) adds one list append per chunk and leg.
+A proxy made with ``native=True`` (no tap, rules or faults, ever) hands each connection's sockets to
+harness.proxy.native instead, which forwards in C (what `mqtt-harness proxy` does when nothing needs Python).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import ssl
@@ -101,6 +104,8 @@ class Proxy:
 
     ``mqtt=False`` forces pass-through on plain TCP too. ``tap=False`` records nothing. ``seed`` seeds the
     random draws (toxicity, jitter, slicer sizes). ``trace`` is called with one line per packet.
+    ``native=True`` forwards in C (harness.proxy.native): it needs ``tap=False``, no trace and no TLS
+    termination, and the proxy then refuses rules and faults.
     Methods are not thread-safe: call them on the proxy's event loop (harness.proxy.threaded wraps it).
     """
 
@@ -108,7 +113,7 @@ class Proxy:
                  server_tls: ServerTls | None = None, upstream_tls: TlsOptions | None = None,
                  mqtt: bool | None = None, tap: bool = True, seed: int | None = None,
                  trace: Callable[[str], None] | None = None, connect_timeout: float = 10.0,
-                 quick_ack: bool = True):
+                 quick_ack: bool = True, native: bool = False):
         self.upstream = upstream_url(upstream)
         self.listen_host, self.listen_port = parse_endpoint(listen, "listen address")
         up = self.upstream
@@ -124,6 +129,18 @@ class Proxy:
         if mqtt and passthrough:
             raise ProxyError("MQTT decoding needs the plaintext: terminate TLS (server_tls) or use a plain upstream")
         self.mqtt = not passthrough if mqtt is None else bool(mqtt)
+        if native:
+            from harness.proxy import native as N  # here, so `python -m harness.proxy.native` runs it fresh
+
+            if tap or trace is not None or server_tls is not None:
+                raise ProxyError("the native forwarder only moves bytes: it needs tap=False, no trace and no TLS "
+                                 "termination (on the command line: drop --trace, --pcap, --control and --tls-terminate)")
+            why = N.unavailable()
+            if why:
+                raise ProxyError(f"the native forwarder is not available: {why}")
+        self.native = native
+        self._stop_native: int | None = None  # an eventfd every native forwarding loop watches
+        self._native_threads: set[threading.Thread] = set()
         self.server_tls = server_tls
         self._server_ctx = server_tls.context() if server_tls is not None else None
         self._upstream_ctx = (make_ssl_context(upstream_tls or TlsOptions())
@@ -181,6 +198,8 @@ class Proxy:
         self._loop = asyncio.get_running_loop()
         if self.tap_enabled:
             keep_reads_off_mmap()
+        if self.native and self._stop_native is None:
+            self._stop_native = os.eventfd(0, os.EFD_CLOEXEC)
         self.started_at = time.monotonic()
         self.wall_offset = time.time() - time.monotonic()
         if self.listen_port == 0:
@@ -206,6 +225,14 @@ class Proxy:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._stop_native is not None:
+            os.eventfd_write(self._stop_native, 1)  # stays readable: every loop sees it and returns
+            try:
+                await self.wait_until(lambda: not self._native_threads, 5.0, "native forwarders stopped")
+            finally:
+                if not self._native_threads:
+                    os.close(self._stop_native)
+                    self._stop_native = None
         for conn in self.connections:
             conn.close("proxy shut down")
         sides = [s for c in self.connections for s in (c.client, c.broker) if s.transport is not None]
@@ -279,7 +306,10 @@ class Proxy:
         try:
             if delay:
                 await asyncio.sleep(delay)  # the fault's own duration: the client waits, unserved
-            await self._connect(conn, sock)
+            if self.native:
+                await self._connect_native(conn, sock)
+            else:
+                await self._connect(conn, sock)
         except asyncio.CancelledError:
             if conn.client.transport is None:
                 sock.close()
@@ -301,7 +331,30 @@ class Proxy:
             conn.close_reason = f"TLS handshake with the client failed: {exc}"
             self._event(conn.id, "tls_failed", conn.close_reason)
             return
-        up = self.upstream
+
+        async def wrap(usock: socket.socket) -> None:
+            await loop.create_connection(lambda: conn.broker, sock=usock, ssl=self._upstream_ctx,
+                                         server_hostname=self._upstream_sni if self._upstream_ctx else None)
+        usock = await self._dial_upstream(conn, wrap)
+        if usock is None:
+            return
+        if conn.closed_at is not None:  # the client went away meanwhile
+            conn.broker.transport.close()
+            return
+        conn.routes[UPSTREAM].dest = conn.broker.transport
+        conn.routes[DOWNSTREAM].dest = conn.client.transport
+        conn.ready_at = time.monotonic()
+        for fault in list(self.faults.values()):
+            conn.start_fault(fault)
+        conn.client.transport.resume_reading()
+        for route in conn.routes.values():
+            route._flow_control()
+        self._event(conn.id, "open", f"{addr_text(conn.client_addr)} -> {self.upstream.address}")
+
+    async def _dial_upstream(self, conn: Connection, then=None) -> socket.socket | None:
+        """A TCP connection to the broker (TCP_NODELAY, non-blocking), passed to `then` within the same
+        timeout; None, with the connection closed and an upstream_failed event, when it cannot be had."""
+        loop, up = self._loop, self.upstream
         try:
             async with asyncio.timeout(self.connect_timeout):
                 infos = await loop.getaddrinfo(up.host, up.port, type=socket.SOCK_STREAM)
@@ -311,8 +364,8 @@ class Proxy:
                 usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 try:
                     await loop.sock_connect(usock, sockaddr)
-                    await loop.create_connection(lambda: conn.broker, sock=usock, ssl=self._upstream_ctx,
-                                                 server_hostname=self._upstream_sni if self._upstream_ctx else None)
+                    if then is not None:
+                        await then(usock)
                 except BaseException:
                     usock.close()
                     raise
@@ -320,21 +373,47 @@ class Proxy:
             reason = f"cannot reach the broker at {up.address}: {str(exc) or type(exc).__name__}"
             conn.close(reason)
             self._event(conn.id, "upstream_failed", reason)
-            return
-        if conn.closed_at is not None:  # the client went away meanwhile
-            conn.broker.transport.close()
-            return
+            return None
         conn.upstream_local = usock.getsockname()
         conn.upstream_addr = usock.getpeername()
-        conn.routes[UPSTREAM].dest = conn.broker.transport
-        conn.routes[DOWNSTREAM].dest = conn.client.transport
+        return usock
+
+    async def _connect_native(self, conn: Connection, sock: socket.socket) -> None:
+        """Dial the broker, then let a thread forward the two sockets in C until one end closes."""
+        usock = await self._dial_upstream(conn)
+        if usock is None:
+            sock.close()
+            return
+        from harness.proxy import native as N
+
         conn.ready_at = time.monotonic()
-        for fault in list(self.faults.values()):
-            conn.start_fault(fault)
-        conn.client.transport.resume_reading()
-        for route in conn.routes.values():
-            route._flow_control()
-        self._event(conn.id, "open", f"{addr_text(conn.client_addr)} -> {up.address}")
+        ack = N.ACK_DELAY_US if self.quick_ack else -1
+        loop, stop = self._loop, self._stop_native
+
+        def run() -> None:
+            try:
+                _, reason, moved = N.forward(sock.fileno(), usock.fileno(), stop, ack)
+            except Exception as exc:  # noqa: BLE001 - reported as the connection's close reason
+                reason, moved = f"native forwarder failed: {exc!r}", [0, 0]
+            try:
+                loop.call_soon_threadsafe(self._native_done, conn, thread, sock, usock, reason, moved)
+            except RuntimeError:  # the loop is gone (interpreter exit): nothing is left to tell
+                sock.close()
+                usock.close()
+
+        thread = threading.Thread(target=run, name=f"proxy-native-c{conn.id}", daemon=True)
+        self._native_threads.add(thread)
+        thread.start()
+        self._event(conn.id, "open", f"{addr_text(conn.client_addr)} -> {self.upstream.address} (native)")
+
+    def _native_done(self, conn: Connection, thread: threading.Thread, sock: socket.socket,
+                     usock: socket.socket, reason: str, moved: list[int]) -> None:
+        sock.close()
+        usock.close()
+        conn.received = {UPSTREAM: moved[0], DOWNSTREAM: moved[1]}
+        self._native_threads.discard(thread)
+        conn.close(reason)
+        self._changed()
 
     # ------------------------------------------------------------------ events and waiting
     def _event(self, conn_id: int | None, kind: str, detail: str) -> None:
@@ -379,6 +458,7 @@ class Proxy:
         """Add a fault, or replace the one with the same name (its state restarts; toxicity draws stay)."""
         if isinstance(fault, dict):
             fault = F.Fault.from_dict(fault)
+        self._refuse_if_native("faults")
         if not fault.name:
             base = f"{fault.type}_{fault.direction}" + (f"_c{fault.connection}" if fault.connection else "")
             name, n = base, 2
@@ -424,6 +504,7 @@ class Proxy:
         Open connections start decoding at their next packet boundary."""
         if isinstance(rule, dict):
             rule = Rule.from_dict(rule)
+        self._refuse_if_native("rules")
         if not self.mqtt:
             raise ProxyError(f"rules need decoded MQTT, but this proxy is in {self.mode} mode; "
                              "terminate TLS (server_tls) or use a plain upstream")
@@ -434,6 +515,11 @@ class Proxy:
         else:
             self.rules.append(rule)
         return rule
+
+    def _refuse_if_native(self, what: str) -> None:
+        if self.native:
+            raise ProxyError(f"this proxy forwards natively and cannot apply {what}; create it with native=False "
+                             "(on the command line, --rules or --control select the Python forwarder)")
 
     def remove_rule(self, name: str) -> Rule:
         for i, r in enumerate(self.rules):
