@@ -3,8 +3,8 @@
 Prints one line per listener on stdout when ready (the proxy URL, then the control API URL if any);
 with --trace, one line per packet on stderr. With nothing to decode or record (no --rules, --control,
 --trace, --pcap or --tls-terminate) the bytes are forwarded in C (harness.proxy.native), unless
---python-forwarder; the packet tap is kept only when --trace, --pcap or --control can read it. Exit codes: 0 after Ctrl-C/SIGTERM, 1 on a start failure,
-2 on usage errors.
+--python-forwarder; the packet tap is kept only when --trace, --pcap or --control can read it.
+Exit codes: 0 after Ctrl-C/SIGTERM, 1 on a start failure, 2 on usage errors.
 """
 
 from __future__ import annotations

@@ -411,6 +411,7 @@ class Proxy:
         sock.close()
         usock.close()
         conn.received = {UPSTREAM: moved[0], DOWNSTREAM: moved[1]}
+        thread.join(1.0)  # it has nothing left to do but return: closed means no thread left behind
         self._native_threads.discard(thread)
         conn.close(reason)
         self._changed()
