@@ -46,10 +46,10 @@ from harness.brokers.ports import release_ports, reserve_ports
 from harness.brokers.probe import wait_until_ready
 from harness.brokers.reaper import is_running, start_time
 
-DIRECT, PROXY, NOTAP, TAP, PCAP, NOQA, SOCAT, SOCAT_NODELAY, LAB = (
+DIRECT, PROXY, PYTHON, TAP, PCAP, NOQA, SOCAT, SOCAT_NODELAY, LAB = (
     "direct", "proxy", "proxy-python", "proxy-tap", "proxy-pcap", "proxy-noqa", "socat", "socat-nodelay",
     "asyncio-protocol")
-PATHS = (DIRECT, PROXY, NOTAP, TAP, PCAP, SOCAT, SOCAT_NODELAY, LAB)  # the default set
+PATHS = (DIRECT, PROXY, PYTHON, TAP, PCAP, SOCAT, SOCAT_NODELAY, LAB)  # the default set
 KNOWN_PATHS = (*PATHS, NOQA)
 DEFAULT_CLIENTS = ("mqtt-harness", "paho-thread")
 DEFAULT_LAT_CLIENTS = ("mqtt-harness", "paho-thread", "paho-loop")
@@ -72,11 +72,11 @@ MAX_ADDED_P50_US = 100.0
 
 def _argv(path: str, port: int | str, broker: int | str, run_dir: Path) -> list[str]:
     listen, up = f"127.0.0.1:{port}", f"127.0.0.1:{broker}"
-    if path in (PROXY, NOTAP, TAP, PCAP, NOQA):
+    if path in (PROXY, PYTHON, TAP, PCAP, NOQA):
         cli = Path(sys.executable).with_name("mqtt-harness")
         if not cli.exists():
             raise SystemExit(f"{cli} not found: install the harness into this venv (pip install -e .)")
-        extra = {PROXY: [], NOTAP: ["--python-forwarder"], TAP: ["--control", "127.0.0.1:0"],
+        extra = {PROXY: [], PYTHON: ["--python-forwarder"], TAP: ["--control", "127.0.0.1:0"],
                  PCAP: ["--pcap", str(run_dir / PCAP_NAME)],
                  NOQA: ["--no-quick-ack"]}[path]
         return [str(cli), "proxy", "--listen", listen, "--upstream", up, *extra]
@@ -402,10 +402,11 @@ def markdown(result: dict) -> str:
                 return report.fnum(report.median([v / n * 1e6 for v in vals if v is not None]), 1)
             out.append(f"| {size} | {qos} | {client} | {per_msg(DIRECT, 'broker')} | "
                        + " | ".join(per_msg(p, "proxy") for p in others) + " |")
-        if {TAP, NOTAP} <= set(paths):
+        if {TAP, PYTHON} <= set(paths):
             has_pcap = PCAP in paths
             out += ["", "### Cost of the tap and of pcap capture (throughput)", "",
-                    f"Ratios in the same rep; no-tap is `{NOTAP}`, so both sides forward in Python. The proxy writes its pcap file when it stops, after the measurement: "
+                    f"Ratios in the same rep; no-tap is `{PYTHON}`, so both sides forward in Python. The proxy "
+                    "writes its pcap file when it stops, after the measurement: "
                     "`stop s` is SIGTERM to exit (tap on, without and with the pcap written), `pcap MB` the "
                     "file's size. Peak RSS (VmHWM) of the proxy process at the end of the measurement.", "",
                     "| size | QoS | client | tap ÷ no-tap |"
@@ -418,13 +419,13 @@ def markdown(result: dict) -> str:
                 def field(path, name, scale=1.0, digits=1):
                     vals = [(idx.get((*key, path, rep)) or {}).get(name) for rep in range(reps)]
                     return report.fnum(report.median([v * scale for v in vals if v is not None]), digits)
-                line = f"| {size} | {qos} | {client} | {report.spread(_tp_ratios(idx, reps, key, TAP, NOTAP), 2)} |"
+                line = f"| {size} | {qos} | {client} | {report.spread(_tp_ratios(idx, reps, key, TAP, PYTHON), 2)} |"
                 if has_pcap:
-                    line += (f" {report.spread(_tp_ratios(idx, reps, key, PCAP, NOTAP), 2)} | "
+                    line += (f" {report.spread(_tp_ratios(idx, reps, key, PCAP, PYTHON), 2)} | "
                              f"{field(TAP, 'stop_s', digits=2)} / {field(PCAP, 'stop_s', digits=2)} | "
                              f"{field(PCAP, 'pcap_bytes', 2 ** -20)} |")
                 line += " " + " / ".join(field(p, "fwd_peak_rss_kb", 1 / 1024, 0)
-                                         for p in (NOTAP, TAP, PCAP) if p in paths) + " |"
+                                         for p in (PYTHON, TAP, PCAP) if p in paths) + " |"
                 out.append(line)
     if result["latency"]:
         lidx = _lat_index(result)
@@ -452,19 +453,19 @@ def markdown(result: dict) -> str:
                            f"{report.spread([r['p99_us'] for r in ok])} | {report.spread([r['max_us'] for r in ok])} | "
                            f"{'/'.join(str(r['over_10ms']) for r in ok)} | {added[0]} | {added[1]} | "
                            f"{cpu if path != DIRECT else '–'} |")
-        if {TAP, NOTAP} <= set(paths):
+        if {TAP, PYTHON} <= set(paths):
             out += ["", "### Cost of the tap and of pcap capture (latency)", "",
-                    f"Percentile through the path − the same through `{NOTAP}`, same rep, µs.", "",
+                    f"Percentile through the path − the same through `{PYTHON}`, same rep, µs.", "",
                     "| client | tap − no-tap p50 | tap − no-tap p99 |"
                     + (" pcap − no-tap p50 | pcap − no-tap p99 | pcap write s |" if PCAP in paths else ""),
                     "|---|---|---|" + ("---|---|---|" if PCAP in paths else "")]
             for lib in cfg["lat_clients"]:
-                line = (f"| {lib} | {_signed(_lat_added(lidx, reps, lib, TAP, NOTAP, 'p50_us'))} | "
-                        f"{_signed(_lat_added(lidx, reps, lib, TAP, NOTAP, 'p99_us'))} |")
+                line = (f"| {lib} | {_signed(_lat_added(lidx, reps, lib, TAP, PYTHON, 'p50_us'))} | "
+                        f"{_signed(_lat_added(lidx, reps, lib, TAP, PYTHON, 'p99_us'))} |")
                 if PCAP in paths:
                     writes = [(lidx.get((lib, PCAP, rep)) or {}).get("stop_s") for rep in range(reps)]
-                    line += (f" {_signed(_lat_added(lidx, reps, lib, PCAP, NOTAP, 'p50_us'))} | "
-                             f"{_signed(_lat_added(lidx, reps, lib, PCAP, NOTAP, 'p99_us'))} | "
+                    line += (f" {_signed(_lat_added(lidx, reps, lib, PCAP, PYTHON, 'p50_us'))} | "
+                             f"{_signed(_lat_added(lidx, reps, lib, PCAP, PYTHON, 'p99_us'))} | "
                              f"{report.spread(writes, 2)} |")
                 out.append(line)
     return "\n".join(out)

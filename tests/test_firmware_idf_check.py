@@ -5,13 +5,13 @@ every console/network/IDF-version variant, with -Wall -Wextra -Werror. Objects o
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from harness.device import host_build
+from harness.toolchain import c_compiler
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,9 +27,9 @@ def _need_toolchain():
 
 
 def _compiler() -> str:
-    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cc and shutil.which(cc):
-            return cc
+    cc = c_compiler(os.environ.get("CC")) or c_compiler()
+    if cc:
+        return cc
     pytest.skip(f"no C compiler: {host_build.APT_HINT}")
 
 

@@ -97,7 +97,7 @@ def _build(args):
     trace = (lambda line: print(line, file=sys.stderr, flush=True)) if args.trace else None
     # A tap nobody can read (no --trace, --pcap or --control) would only grow for as long as the proxy runs.
     tap = not args.no_tap and bool(args.trace or args.pcap or args.control)
-    native = not (tap or trace or faults or rules or args.control or server_tls or args.python_forwarder)
+    native = not (tap or faults or rules or args.control or server_tls or args.python_forwarder)
     if native:
         from harness.proxy.native import unavailable
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from harness.errors import HarnessError
+from harness.toolchain import c_compiler
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware" / "esp32-dut"
@@ -62,7 +63,7 @@ def missing_packages() -> list[str]:
     missing = []
     if not shutil.which("cmake"):
         missing.append("cmake")
-    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+    if not c_compiler():
         missing.append("gcc")
     if not shutil.which("pkg-config"):
         missing.append("pkg-config")

@@ -35,7 +35,7 @@ struct end {
     int eof;            /* read 0: no more reads from it */
     int ack_due;        /* a read not yet quick-ACKed */
     int64_t ack_at_us;  /* when to ACK it */
-    char *pending;      /* bytes read from the other end that this socket has not taken yet */
+    char *pending;      /* bytes read from the other end that this socket has not taken yet (reads land here) */
     size_t len, off;
 };
 
@@ -81,11 +81,10 @@ int mh_forward(int client_fd, int broker_fd, int stop_fd, int ack_delay_us, uint
     moved[0] = moved[1] = 0;
     *error = 0;
     int result = SETUP_FAILED;
-    char *buf = malloc(CHUNK);
     e[0].pending = malloc(CHUNK);
     e[1].pending = malloc(CHUNK);
     int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (!buf || !e[0].pending || !e[1].pending || ep < 0) goto out;
+    if (!e[0].pending || !e[1].pending || ep < 0) goto out;
     for (int i = 0; i < 2; i++) {
         int flags = fcntl(e[i].fd, F_GETFL);
         if (flags < 0 || fcntl(e[i].fd, F_SETFL, flags | O_NONBLOCK) < 0 || watch(ep, e, i, EPOLL_CTL_ADD) < 0)
@@ -131,7 +130,7 @@ int mh_forward(int client_fd, int broker_fd, int stop_fd, int ack_delay_us, uint
                     goto out;
             }
             if (!(evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || from->eof || to->len) continue;
-            ssize_t r = recv(from->fd, buf, CHUNK, 0);
+            ssize_t r = recv(from->fd, to->pending, CHUNK, 0);
             if (r < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
                 *error = errno;
@@ -151,8 +150,7 @@ int mh_forward(int client_fd, int broker_fd, int stop_fd, int ack_delay_us, uint
                 from->ack_due = 1;
                 from->ack_at_us = now_us() + ack_delay_us;
             }
-            memcpy(to->pending, buf, (size_t)r);
-            to->len = (size_t)r;
+            to->len = (size_t)r; /* read straight into `to`'s (empty) pending buffer: no copy */
             to->off = 0;
             if (flush(to) < 0) {
                 *error = errno;
@@ -178,7 +176,6 @@ int mh_forward(int client_fd, int broker_fd, int stop_fd, int ack_delay_us, uint
 out:
     if (result == SETUP_FAILED && !*error) *error = errno;
     if (ep >= 0) close(ep);
-    free(buf);
     free(e[0].pending);
     free(e[1].pending);
     return result;

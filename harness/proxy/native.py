@@ -13,12 +13,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
+
+from harness.toolchain import c_compiler
 
 SOURCE = Path(__file__).with_name("forward.c")
 CC_ENV = "MQTT_HARNESS_CC"  # the compiler to use (default: cc, gcc or clang, whichever is found first)
@@ -38,22 +39,15 @@ def cache_dir() -> Path:
     return Path(base) / "mqtt-harness"
 
 
-def _compiler() -> str | None:
-    named = os.environ.get(CC_ENV)
-    if named:
-        return shutil.which(named)
-    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
-
-
 def _build() -> ctypes.CDLL:
     """Compile forward.c into the cache (atomically: concurrent workers may race) and load it."""
     source = SOURCE.read_bytes()
     target = cache_dir() / f"forward-{hashlib.sha256(source).hexdigest()[:16]}.so"
     if not target.exists():
-        cc = _compiler()
+        named = os.environ.get(CC_ENV)
+        cc = c_compiler(named)
         if cc is None:
-            which = os.environ.get(CC_ENV)
-            raise RuntimeError(f"{CC_ENV}={which} is not an executable" if which else
+            raise RuntimeError(f"{CC_ENV}={named} is not an executable" if named else
                                "no C compiler found (install gcc, or set MQTT_HARNESS_CC)")
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
