@@ -226,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for dut in args.dut:
         print(f"device under test: {dut}")
     print(f"pytest {' '.join(shlex.quote(a) for a in argv)}\n", flush=True)
-    code = _exit_code(int(pytest.main(argv)), args)
+    code = _exit_code(int(_pytest_main(argv)), args)
     if code == 2:
         return code  # nothing ran: no summary of nothing
     try:
@@ -254,6 +254,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.failed:
         return code or 1
     return code
+
+
+def _pytest_main(argv: list[str]) -> int:
+    """pytest.main, where anything raised after a Ctrl-C counts as the interrupt it follows.
+
+    pytest formats the KeyboardInterrupt as it stops, and on Python 3.11 that formatting can itself fail: an
+    ast.parse interrupted by a garbage-collected finaliser whose exception pytest formats with ast.parse again ends
+    in "SystemError: AST constructor recursion depth mismatch". pytest has run its teardown by then (it does that
+    in a finally), so the brokers and devices are stopped; the user asked to stop, and gets 130, not a traceback.
+    """
+    import signal
+    import threading
+
+    import pytest
+
+    interrupted: list[int] = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as before
+
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # leave SIG_IGN and others alone
+    previous = signal.signal(signal.SIGINT, on_sigint) if ours else None
+    try:
+        return pytest.main(argv)
+    except Exception as exc:
+        if not interrupted:
+            raise
+        print(f"mqtt-harness run: pytest failed while reporting the interrupt "
+              f"({type(exc).__name__}: {' '.join(str(exc).split())})", file=sys.stderr, flush=True)
+        return pytest.ExitCode.INTERRUPTED
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _exit_code(pytest_code: int, args: argparse.Namespace) -> int:
