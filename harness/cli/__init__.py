@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 # command -> module that provides add_parser(subparsers); imported lazily so `pub` stays fast.
 COMMANDS = {
@@ -64,6 +66,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_ctrl_c: list[int] = []  # SIGINTs that reached the command now running
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C reached the command now running: whatever it raises afterwards follows from the interrupt
+    (on Python 3.11 pytest's own report of a KeyboardInterrupt can raise SystemError, see harness.cli.run)."""
+    return bool(_ctrl_c)
+
+
+def _on_sigint(signum, frame):
+    _ctrl_c.append(signum)
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without us
+
+
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     first = next((a for a in given if not a.startswith("-")), None)
@@ -72,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # Only over Python's default handler: a SIG_IGN (nohup, a background job) or an embedding program's stays.
+    watch = (threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if watch:
+        _ctrl_c.clear()
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
@@ -83,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `| head` closed our stdout: stop quietly, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:
+        if not interrupted():
+            raise
+        print(f"mqtt-harness {args.command}: interrupted ({type(exc).__name__} while stopping: "
+              f"{' '.join(str(exc).split())})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if watch:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
-from harness.cli import CliError
+from harness.cli import CliError, interrupted
 from harness.report import FILES, ReportError, load
 from harness.report.model import ERROR, FAILED, OUTCOMES, PASSED, SKIPPED, XFAILED, XPASSED, Report
 from harness.report.text import measured, slowest
@@ -263,32 +263,18 @@ def _pytest_main(argv: list[str]) -> int:
     ast.parse interrupted by a garbage-collected finaliser whose exception pytest formats with ast.parse again ends
     in "SystemError: AST constructor recursion depth mismatch". pytest has run its teardown by then (it does that
     in a finally), so the brokers and devices are stopped; the user asked to stop, and gets 130, not a traceback.
+    (harness.cli.main notes the Ctrl-C; it does the same for every other command, with its generic message.)
     """
-    import signal
-    import threading
-
     import pytest
 
-    interrupted: list[int] = []
-
-    def on_sigint(signum, frame):
-        interrupted.append(signum)
-        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as before
-
-    ours = (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # leave SIG_IGN and others alone
-    previous = signal.signal(signal.SIGINT, on_sigint) if ours else None
     try:
         return pytest.main(argv)
     except Exception as exc:
-        if not interrupted:
+        if not interrupted():
             raise
         print(f"mqtt-harness run: pytest failed while reporting the interrupt "
               f"({type(exc).__name__}: {' '.join(str(exc).split())})", file=sys.stderr, flush=True)
         return pytest.ExitCode.INTERRUPTED
-    finally:
-        if ours:
-            signal.signal(signal.SIGINT, previous)
 
 
 def _exit_code(pytest_code: int, args: argparse.Namespace) -> int:
